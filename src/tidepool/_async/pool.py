@@ -1,0 +1,446 @@
+"""``AsyncPool``: drives the shared procedures with asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Generator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from types import CoroutineType, TracebackType
+from typing import Any, Generic, TypeVar, Unpack, overload
+
+from .._core.entry import Entry, Site
+from .._core.flows import CALL, WAIT, Flow
+from .._core.waiter import Waiter
+from .._pool_base import _DEFAULT, PoolBase, PoolOptions, close_timeout, fresh_error, warn_unclosed
+from ..manager import AsyncManager
+
+__all__ = ["AsyncLease", "AsyncPool"]
+
+C = TypeVar("C")
+T = TypeVar("T")
+log = logging.getLogger("tidepool.pool")
+monotonic = time.monotonic
+
+
+class _FutureWaiter(Waiter):
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[bool]) -> None:
+        super().__init__()
+        self.future = future
+
+    def wake(self) -> bool:
+        future = self.future
+        if future.done():  # cancelled, or its deadline passed
+            return False
+        future.set_result(True)
+        return True
+
+
+def _expire(future: asyncio.Future[bool]) -> None:
+    if not future.done():
+        future.set_result(False)
+
+
+class _Resume(Generic[T]):
+    """Await the rest of a coroutine whose first step already ran (see ``_call``)."""
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: CoroutineType[Any, Any, T], first: Any) -> None:
+        self._coro = coro
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        coro, value = self._coro, self._first
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+
+
+async def _call(fn: Any, args: tuple[Any, ...], timeout: float) -> Any:
+    """Call ``fn(*args)``; await its result if awaitable, bounded by ``timeout``.
+
+    The first step of a coroutine runs at once, with no timer: most resets and many checks
+    finish without suspending, and arming a timer per release would cost more than the rest of
+    the release. Only a coroutine that really waits gets its deadline.
+    """
+    result = fn(*args)
+    if type(result) is CoroutineType:
+        try:
+            first = result.send(None)
+        except StopIteration as stop:
+            return stop.value
+        async with asyncio.timeout(timeout):
+            return await _Resume(result, first)
+    if inspect.isawaitable(result):
+        async with asyncio.timeout(timeout):
+            return await result
+    return result
+
+
+class AsyncLease(Generic[C]):
+    """What ``AsyncPool.acquire()`` returns: ``async with`` it to borrow a connection (it
+    goes back on exit, also on error or cancellation), or ``await`` it to get the connection
+    and give it back yourself with ``await pool.release(conn)``."""
+
+    __slots__ = ("_conn", "_entry", "_pool", "_site", "_timeout")
+
+    def __init__(self, pool: AsyncPool[C], timeout: float | None, site: Site) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._site = site
+        self._entry: Entry[C] | None = None
+        self._conn: C | None = None
+
+    def __await__(self) -> Generator[Any, Any, C]:
+        return self._pool._acquire(self._timeout, self._site).__await__()
+
+    async def __aenter__(self) -> C:
+        if self._entry is not None:  # from try_acquire(): already lent
+            return self._conn  # type: ignore[return-value]
+        pool = self._pool
+        lent = pool._state.try_lend(monotonic(), self._site)
+        if lent is None:
+            lent = await pool._drive(pool._slow_acquire(self._timeout, self._site))
+        self._entry, self._conn = lent
+        return lent[1]
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        entry, conn = self._entry, self._conn
+        if entry is None:
+            return
+        self._entry = self._conn = None
+        pool = self._pool
+        await pool._drive(pool.release_flow(entry, conn))  # type: ignore[arg-type]
+
+
+class AsyncPool(PoolBase[C]):
+    """A pool of connections for asyncio.
+
+    ``target`` is a database URL (``sqlite:///app.db``, ...) or an :class:`AsyncManager`.
+    Construction validates every option and does no I/O; the pool opens on ``await
+    pool.open()``, ``async with pool``, or its first ``acquire()``, and is bound to the event
+    loop it opened in. See the README for the options.
+    """
+
+    @overload
+    def __init__(self: AsyncPool[Any], target: str, /, **options: Unpack[PoolOptions]) -> None: ...
+
+    @overload
+    def __init__(self, target: AsyncManager[C], /, **options: Unpack[PoolOptions]) -> None: ...
+
+    def __init__(self, target: str | AsyncManager[C], /, **options: Unpack[PoolOptions]) -> None:
+        super().__init__(target, options)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._maintenance: asyncio.TimerHandle | None = None
+        self._closed_done = False
+
+    def _check_manager_flavor(self, manager: object) -> None:
+        if not inspect.iscoroutinefunction(manager.connect):  # type: ignore[attr-defined]
+            raise TypeError(
+                f"AsyncPool needs an async manager (async def connect/check/reset/close); "
+                f"{type(manager).__name__}.connect is not a coroutine function: use "
+                "tidepool.Pool for a blocking manager"
+            )
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Open eagerly: fill to ``min_size`` and verify at least one connection, retrying
+        transient failures within ``acquire_timeout``.
+
+        Raises:
+            ConnectError: a permanent failure (bad password, unknown database).
+            PoolTimeout: the target did not answer in time; the last error is ``__cause__``.
+            PoolClosed: the pool was closed.
+        """
+        self._start()
+        await self._drive(self.open_flow(self.options.acquire_timeout))
+        log.info("pool %r: opened (%s)", self.name, self._state.counts())
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Close gracefully; idempotent.
+
+        New acquires raise ``PoolClosed`` and queued callers are woken with it; idle
+        connections close now, lent ones as they come back; after ``timeout`` seconds the
+        rest are closed under their borrowers.
+        """
+        timeout = close_timeout(timeout)
+        if self._closed_done:
+            return
+        if self._loop is None:
+            self._state.close()
+            self._closed_done = True
+            return
+        self._check_loop()
+        await self._drive(self.shutdown_flow(timeout))
+        self._closed_done = True
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._connect_timeout)
+        dispose = getattr(self.manager, "dispose", None)
+        if dispose is not None:
+            result = dispose()
+            if inspect.isawaitable(result):
+                await result
+        log.info("pool %r: closed", self.name)
+
+    async def __aenter__(self) -> AsyncPool[C]:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _start(self) -> None:
+        if self._opened:
+            self._check_loop()
+            return
+        self._loop = asyncio.get_running_loop()
+        self._opened = True
+        self._schedule_maintenance(self._loop, weakref.ref(self))
+        self.kick()
+
+    def _schedule_maintenance(
+        self, loop: asyncio.AbstractEventLoop, ref: weakref.ref[AsyncPool[Any]]
+    ) -> None:
+        self._maintenance = loop.call_later(self._maintenance_interval(), _maintenance_tick, ref)
+
+    def _check_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            raise RuntimeError(
+                f"pool {self.name!r} is bound to the event loop it opened in ({self._loop!r}) "
+                f"and cannot be used from another ({loop!r}); create one pool per event loop"
+            )
+
+    def __del__(self) -> None:
+        if getattr(self, "_opened", False) and not self._closed_done and not self._state.closed:
+            if self._maintenance is not None:
+                self._maintenance.cancel()
+            warn_unclosed(self)
+
+    def _reset_shell_after_fork(self) -> None:
+        self._loop = None
+        self._tasks = set()
+        self._maintenance = None
+
+    # ------------------------------------------------------------ acquire / release
+
+    def acquire(self, timeout: float | None = _DEFAULT) -> AsyncLease[C]:
+        """Borrow a connection: ``async with pool.acquire() as conn:``.
+
+        ``timeout`` overrides ``acquire_timeout`` for this call (``0``: do not wait;
+        ``None``: wait forever). ``conn = await pool.acquire()`` also works; give it back with
+        ``await pool.release(conn)``.
+
+        Raises (on entering / awaiting):
+            PoolTimeout: nothing could be lent before the deadline.
+            PoolClosed: the pool is closed.
+            TooManyWaiters: ``max_waiting`` callers are already queued.
+            ConnectError: a permanent connect failure.
+        """
+        return AsyncLease(self, self._acquire_timeout(timeout), self._site(1))
+
+    def try_acquire(self) -> AsyncLease[C] | None:
+        """Lend an idle connection if one needs no I/O (no connect, no check), else ``None``.
+        Never waits. Use the result with ``async with``."""
+        lent = self._state.try_lend(monotonic(), self._site(1))
+        if lent is None:
+            return None
+        lease = AsyncLease(self, 0.0, None)
+        lease._entry, lease._conn = lent
+        return lease
+
+    async def release(self, conn: C) -> None:
+        """Give back a connection obtained with ``conn = await pool.acquire()``.
+
+        Raises:
+            ValueError: ``conn`` is not currently lent by this pool (released twice, or
+                from another pool).
+        """
+        entry = self._state.find_lent(conn)
+        if entry is None:
+            raise ValueError(
+                f"connection {type(conn).__name__} is not lent by pool {self.name!r} "
+                "(already released, or acquired from another pool)"
+            )
+        await self._drive(self.release_flow(entry, conn))
+
+    async def _acquire(self, timeout: float | None, site: Site) -> C:
+        lent = self._state.try_lend(monotonic(), site)
+        if lent is None:
+            lent = await self._drive(self._slow_acquire(timeout, site))
+        return lent[1]
+
+    def _slow_acquire(self, timeout: float | None, site: Site) -> Flow[tuple[Entry[C], C]]:
+        self._start()
+        if self._state.reclaim:
+            self._collect_reclaimed()
+        return self.acquire_flow(timeout, site)
+
+    def _borrower_name(self) -> str | None:
+        task = asyncio.current_task()
+        return task.get_name() if task is not None else None
+
+    # ------------------------------------------------------------ executor
+
+    async def execute(self, sql: str, *args: Any) -> Any:
+        """Run one statement on a connection of its own; return the driver's status."""
+        executor = self._require_executor("execute")
+        async with self.acquire() as conn:
+            return await executor.execute(conn, sql, args)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any:
+        """Run one statement once per row of parameters, on one connection."""
+        executor = self._require_executor("executemany")
+        async with self.acquire() as conn:
+            return await executor.executemany(conn, sql, rows)
+
+    async def fetch_all(self, sql: str, *args: Any) -> list[Any]:
+        """Run a query; return every row (the driver's row objects)."""
+        executor = self._require_executor("fetch_all")
+        async with self.acquire() as conn:
+            rows: list[Any] = await executor.fetch_all(conn, sql, args)
+            return rows
+
+    async def fetch_one(self, sql: str, *args: Any) -> Any | None:
+        """Run a query; return its first row, or ``None``."""
+        executor = self._require_executor("fetch_one")
+        async with self.acquire() as conn:
+            return await executor.fetch_one(conn, sql, args)
+
+    async def fetch_value(self, sql: str, *args: Any) -> Any:
+        """Run a query; return the first column of its first row, or ``None``."""
+        executor = self._require_executor("fetch_value")
+        async with self.acquire() as conn:
+            return await executor.fetch_value(conn, sql, args)
+
+    @asynccontextmanager
+    async def transaction(self, **options: Any) -> AsyncIterator[C]:
+        """Borrow a connection inside a transaction: committed when the block succeeds,
+        rolled back on an exception or cancellation. ``options`` go to the adapter (SQLite:
+        ``mode="deferred"|"immediate"|"exclusive"``)."""
+        executor = self._require_executor("begin")
+        async with self.acquire() as conn:
+            await executor.begin(conn, **options)
+            try:
+                yield conn
+            except BaseException:
+                await _rollback_quietly(executor, conn, self.name)
+                raise
+            await executor.commit(conn)
+
+    # ------------------------------------------------------------ the shell
+
+    def make_waiter(self) -> Waiter:
+        assert self._loop is not None
+        return _FutureWaiter(self._loop.create_future())
+
+    def spawn(self, flow: Flow[Any], what: str) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            flow.close()
+            return
+        task = loop.create_task(self._drive(flow), name=f"tidepool-{what}-{self.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error(
+                "pool %r: background task %s failed", self.name, task.get_name(), exc_info=exc
+            )
+
+    async def _drive(self, flow: Flow[T]) -> T:
+        """Run a procedure: perform each operation it yields, send back the result or throw
+        back the exception (cancellation included)."""
+        send: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = flow.send(send) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            send = error = None
+            try:
+                kind = op[0]
+                if kind == CALL:
+                    send = await _call(op[1], op[2], op[3])
+                elif kind == WAIT:
+                    send = await self._wait(op[1], op[2])
+                else:
+                    await asyncio.sleep(op[1])
+            except BaseException as exc:
+                error = exc
+
+    async def _wait(self, waiter: _FutureWaiter, deadline: float | None) -> bool:
+        future = waiter.future
+        if deadline is None:
+            await future
+        else:
+            assert self._loop is not None
+            handle = self._loop.call_later(deadline - monotonic(), _expire, future)
+            try:
+                await future
+            finally:
+                handle.cancel()
+        if not future.result():
+            return False
+        if waiter.error is not None:
+            raise fresh_error(waiter.error)
+        return True
+
+
+def _maintenance_tick(ref: weakref.ref[AsyncPool[Any]]) -> None:
+    pool = ref()
+    if pool is None or pool._state.closed or pool._loop is None:
+        return
+    try:
+        pool.maintain()
+    except Exception:
+        log.exception("pool %r: maintenance failed", pool.name)
+    pool._schedule_maintenance(pool._loop, ref)
+
+
+async def _rollback_quietly(executor: Any, conn: Any, name: str) -> None:
+    # The original error matters more; if this rollback fails, the reset on release rolls
+    # back again or closes the connection, so nothing dirty is lent.
+    try:
+        await executor.rollback(conn)
+    except Exception as exc:
+        log.info("pool %r: rollback after an error failed: %r", name, exc)

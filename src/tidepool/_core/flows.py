@@ -1,0 +1,337 @@
+"""The pool's procedures, written once for both shells.
+
+Each procedure is a generator that drives :class:`~tidepool._core.state.PoolState` and *yields*
+every operation that may block: wait for a hand-off, call the manager, sleep. ``AsyncPool``
+performs those with asyncio, ``Pool`` with threads; the procedures themselves never block, so
+the logic of acquiring, releasing, connecting and closing exists exactly once. A shell sends
+back each operation's result, or throws its exception (including cancellation) into the
+generator at the ``yield``, where the procedure restores the pool's accounting.
+
+Operations (plain tuples, cheap on the hot path):
+
+``(WAIT, waiter, deadline)``
+    Block until the core wakes ``waiter`` or the monotonic ``deadline`` (``None``: never)
+    passes. Result: ``True`` if woken, ``False`` at the deadline. If the core delivered an
+    error (``waiter.error``), the shell raises it instead.
+``(CALL, fn, args, timeout)``
+    Call ``fn(*args)``; await the result if it is awaitable, bounded by ``timeout`` seconds
+    (``TimeoutError``) in the async shell. Result: its return value.
+``(SLEEP, seconds)``
+    Sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, Generic, TypeVar
+
+from ..errors import ConnectError
+from .backoff import Backoff
+from .entry import Entry, Site
+from .state import PoolState
+from .waiter import Waiter
+
+__all__ = ["CALL", "SLEEP", "WAIT", "Flow", "Flows", "Op"]
+
+C = TypeVar("C")
+T = TypeVar("T")
+
+WAIT = 0
+CALL = 1
+SLEEP = 2
+Op = tuple[Any, ...]
+Flow = Generator[Op, Any, T]
+
+log = logging.getLogger("tidepool.pool")
+monotonic = time.monotonic
+
+
+class Flows(Generic[C]):
+    """The procedures of one pool. A shell subclasses this and supplies :meth:`spawn` and
+    :meth:`make_waiter`; everything else here is shared."""
+
+    _state: PoolState[C]
+    _connect_timeout: float
+    _reset_enabled: bool
+    _on_connect: Callable[[Any], Any] | None
+    _listeners: Sequence[Any]
+
+    # Set by the shell: the manager's bound methods.
+    _m_connect: Callable[[], Any]
+    _m_check: Callable[[C], Any]
+    _m_reset: Callable[[C], Any]
+    _m_close: Callable[[C], Any]
+    _m_is_broken: Callable[[C], bool]
+
+    # ------------------------------------------------------------ shell hooks
+
+    def spawn(self, flow: Flow[Any], what: str) -> None:
+        """Run ``flow`` in the background (a task, a thread)."""
+        raise NotImplementedError
+
+    def make_waiter(self) -> Waiter:
+        """A new waiter the shell knows how to block on."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ shared, non-blocking
+
+    def kick(self) -> None:
+        """Start the background work the state now needs: close retired connections, start
+        connect workers. Called after every state change that may need it."""
+        state = self._state
+        if state.retired:
+            for entry in state.take_retired():
+                self.spawn(self._close_flow(entry), "close")
+        if state.wants_worker():
+            while state.begin_worker():
+                self.spawn(self._connect_flow(), "connect")
+
+    def emit(self, event: str, *args: Any) -> None:
+        """Call ``event`` on every listener; a failing listener is logged, never raised."""
+        name = self._state.name
+        for listener in self._listeners:
+            try:
+                getattr(listener, event)(name, *args)
+            except Exception:
+                log.exception("pool %r: listener %r failed in %s", name, listener, event)
+
+    # ------------------------------------------------------------ acquire
+
+    def acquire_flow(self, timeout: float | None, site: Site) -> Flow[tuple[Entry[C], C]]:
+        """Lend a connection within ``timeout`` seconds (one deadline over waiting,
+        connecting and checking), or raise ``PoolTimeout`` / ``PoolClosed`` /
+        ``TooManyWaiters`` / ``ConnectError``."""
+        state = self._state
+        started = now = monotonic()
+        deadline = None if timeout is None else now + timeout
+        while True:
+            got = state.lend_or_enqueue(now, self.make_waiter, may_wait=timeout != 0)
+            if isinstance(got, Waiter):
+                self.kick()
+                entry = yield from self._wait_for_entry(got, deadline, timeout)
+            elif got is None:
+                self.kick()
+                raise self._timed_out(None, timeout, "wait")
+            else:
+                entry = got
+            now = monotonic()
+            if state.needs_check(entry, now):
+                conn = entry.conn
+                try:
+                    budget = self._connect_timeout
+                    if deadline is not None:
+                        budget = min(budget, max(deadline - now, 0.0))
+                    yield (CALL, self._m_check, (conn,), budget)
+                except BaseException as exc:
+                    state.discard(entry, check_failed=isinstance(exc, Exception))
+                    self.kick()
+                    if not isinstance(exc, Exception):
+                        raise
+                    log.info(
+                        "pool %r: check failed, closing connection #%d: %r",
+                        state.name,
+                        entry.id,
+                        exc,
+                    )
+                    if self._listeners:
+                        self.emit("on_check_failed", entry.id, exc)
+                    now = monotonic()
+                    if deadline is not None and now >= deadline:
+                        raise self._timed_out(None, timeout, "check") from exc
+                    continue
+                now = monotonic()
+            conn = state.lend(entry, now, site)
+            if self._listeners:
+                self.emit("on_acquire", entry.id, now - started)
+            return entry, conn
+
+    def _wait_for_entry(
+        self, waiter: Waiter, deadline: float | None, timeout: float | None
+    ) -> Flow[Entry[C]]:
+        state = self._state
+        try:
+            woken = yield (WAIT, waiter, deadline)
+        except BaseException:
+            # Cancelled (or the core delivered an error): if a connection was handed to us
+            # in the meantime it is ours, so pass it on before leaving.
+            handed = state.withdraw(waiter)
+            if handed is not None:
+                state.give_back(handed, monotonic(), reusable=True)
+                self.kick()
+            raise
+        handed = waiter.entry if woken else state.withdraw(waiter)
+        if handed is None:
+            raise self._timed_out(waiter, timeout, None)
+        return handed
+
+    def _timed_out(self, waiter: Waiter | None, timeout: float | None, phase: Any) -> Exception:
+        error = self._state.timeout_error(waiter, timeout, phase)
+        log.debug("pool %r: %s", self._state.name, error)
+        if self._listeners:
+            self.emit("on_timeout", error.phase)
+        return error
+
+    # ------------------------------------------------------------ release
+
+    def release_flow(self, entry: Entry[C], conn: C) -> Flow[None]:
+        """Take ``conn`` back: reset it (bounded) and hand it on, or close it when it is
+        broken, cannot be reset, or the reset was interrupted."""
+        state = self._state
+        if not state.take_back(entry, conn):
+            return  # no longer ours (closed hard by close(), or inherited across fork)
+        if self._listeners:
+            self.emit("on_release", entry.id, monotonic() - entry.lent_since)
+        try:
+            if self._m_is_broken(conn):
+                state.give_back(entry, monotonic(), reusable=False)
+                self.kick()
+                return
+            if self._reset_enabled and state.keeps(entry, monotonic()):
+                yield (CALL, self._m_reset, (conn,), self._connect_timeout)
+        except BaseException as exc:
+            state.discard(entry, reset_failed=isinstance(exc, Exception))
+            self.kick()
+            if not isinstance(exc, Exception):
+                raise
+            log.warning(
+                "pool %r: reset failed, closing connection #%d: %r", state.name, entry.id, exc
+            )
+            if self._listeners:
+                self.emit("on_reset_failed", entry.id, exc)
+            return
+        state.give_back(entry, monotonic(), reusable=True)
+        self.kick()
+
+    # ------------------------------------------------------------ connect
+
+    def _connect_flow(self) -> Flow[None]:
+        """A connect worker: opens connections while the state wants them, one at a time,
+        backing off after transient failures; stops on a permanent one."""
+        state = self._state
+        backoff = Backoff(rng=state.rng)
+        claimed_exit = False
+        try:
+            while True:
+                generation = state.claim_connect()
+                if generation is None:
+                    claimed_exit = True  # the claim itself ended this worker
+                    return
+                started = monotonic()
+                conn: Any = None
+                try:
+                    conn = yield (CALL, self._m_connect, (), self._connect_timeout)
+                    if conn is None:
+                        raise ConnectError(
+                            f"pool {state.name!r}: the manager's connect() returned None; "
+                            "it must return a connection"
+                        )
+                    if self._on_connect is not None:
+                        yield (CALL, self._on_connect, (conn,), self._connect_timeout)
+                except BaseException as exc:
+                    permanent = isinstance(exc, ConnectError)
+                    state.connect_failed(exc, monotonic(), permanent=permanent)
+                    if conn is not None:  # on_connect failed: the connection is half set up
+                        self.spawn(self._close_raw_flow(conn), "close")
+                    if not isinstance(exc, Exception):
+                        raise
+                    self._log_connect_error(exc, permanent)
+                    if permanent:
+                        return
+                    yield (SLEEP, backoff.next_delay())
+                    continue
+                now = monotonic()
+                entry = state.connect_succeeded(conn, now, generation)
+                backoff.reset()
+                log.debug(
+                    "pool %r: opened connection #%d in %.3f s", state.name, entry.id, now - started
+                )
+                if self._listeners:
+                    self.emit("on_connect", entry.id, now - started)
+                self.kick()
+        finally:
+            if not claimed_exit:
+                state.end_worker()
+                self.kick()
+
+    def _log_connect_error(self, exc: BaseException, permanent: bool) -> None:
+        state = self._state
+        kind = "permanent" if permanent else "transient, will retry"
+        log.warning(
+            "pool %r: connect failed (%s): %s: %s", state.name, kind, type(exc).__name__, exc
+        )
+        if self._listeners:
+            self.emit("on_connect_failed", exc)
+
+    # ------------------------------------------------------------ close
+
+    def _close_flow(self, entry: Entry[C]) -> Flow[None]:
+        """Close one retired connection (bounded), then account for it."""
+        conn = entry.conn
+        try:
+            if conn is not None:
+                yield (CALL, self._m_close, (conn,), self._connect_timeout)
+        except Exception as exc:
+            log.info("pool %r: closing connection #%d failed: %r", self._state.name, entry.id, exc)
+        finally:
+            self._state.close_done(entry)
+            log.debug(
+                "pool %r: closed connection #%d (%s)", self._state.name, entry.id, entry.reason
+            )
+            if self._listeners:
+                self.emit("on_close", entry.id, entry.reason)
+
+    def _close_raw_flow(self, conn: C) -> Flow[None]:
+        """Close a connection the pool never counted (its setup failed)."""
+        try:
+            yield (CALL, self._m_close, (conn,), self._connect_timeout)
+        except Exception as exc:
+            log.info("pool %r: closing a half-opened connection failed: %r", self._state.name, exc)
+
+    def shutdown_flow(self, timeout: float) -> Flow[None]:
+        """Graceful close: refuse new acquires, wake waiters with ``PoolClosed``, close idle
+        connections, wait up to ``timeout`` for lent ones to come back (they are closed as
+        they do), then close the rest under their borrowers."""
+        state = self._state
+        state.close()
+        self.kick()
+        drained = self.make_waiter()
+        state.add_drain_waiter(drained)
+        if (yield (WAIT, drained, monotonic() + timeout)):
+            return
+        forced = state.take_lent()
+        if forced:
+            log.warning(
+                "pool %r: %d connection(s) still lent after %.1f s; closing them",
+                state.name,
+                len(forced),
+                timeout,
+            )
+        for entry, conn in forced:
+            entry.reason = "forced"
+            if conn is not None:
+                try:
+                    yield (CALL, self._m_close, (conn,), self._connect_timeout)
+                except Exception as exc:
+                    log.info(
+                        "pool %r: closing lent connection #%d failed: %r", state.name, entry.id, exc
+                    )
+            if self._listeners:
+                self.emit("on_close", entry.id, "forced")
+
+    # ------------------------------------------------------------ open
+
+    def open_flow(self, timeout: float | None) -> Flow[None]:
+        """Eager open: fill to ``min_size`` (at least one connection, to verify the target)
+        within ``timeout``, retrying transient failures; then hand them back."""
+        wanted = max(1, self._state.limits.min_size)
+        deadline = None if timeout is None else monotonic() + timeout
+        held: list[tuple[Entry[C], C]] = []
+        try:
+            for _ in range(wanted):
+                left = None if deadline is None else max(deadline - monotonic(), 0.0)
+                held.append((yield from self.acquire_flow(left if left != 0 else 1e-9, None)))
+        finally:
+            for entry, conn in held:
+                yield from self.release_flow(entry, conn)

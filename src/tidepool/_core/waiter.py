@@ -1,0 +1,64 @@
+"""A caller queued for a connection, and the FIFO queue of them."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from .entry import Entry
+
+__all__ = ["Waiter", "WaiterQueue"]
+
+
+class Waiter:
+    """One queued caller. The shell supplies :meth:`wake` (a future, a lock...).
+
+    The core assigns ``entry`` (or ``error``) and calls :meth:`wake` in the same atomic step
+    that removes the waiter from the queue, so a connection always has exactly one owner.
+    """
+
+    __slots__ = ("enqueued_at", "entry", "error")
+
+    def __init__(self) -> None:
+        self.entry: Entry[Any] | None = None
+        self.error: BaseException | None = None
+        self.enqueued_at = 0.0
+
+    def wake(self) -> bool:
+        """Wake the caller. Return ``False`` if it is already gone (cancelled or timed out),
+        in which case the core takes back what it assigned and tries the next waiter."""
+        raise NotImplementedError
+
+
+class WaiterQueue:
+    """FIFO of waiters with O(1) append, pop-oldest and removal of any waiter.
+
+    Removal must be O(1) and immediate: during an outage thousands of callers time out, and a
+    queue that keeps dead waiters grows without bound (psycopg_pool's LOAD-2 failure).
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[Waiter, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def push(self, waiter: Waiter) -> None:
+        self._items[waiter] = None
+
+    def pop_oldest(self) -> Waiter:
+        return self._items.popitem(last=False)[0]
+
+    def remove(self, waiter: Waiter) -> bool:
+        """Remove ``waiter``; ``False`` if it was no longer queued."""
+        return self._items.pop(waiter, 0) is None
+
+    def drain(self) -> list[Waiter]:
+        items = list(self._items)
+        self._items.clear()
+        return items
