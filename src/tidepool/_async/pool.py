@@ -294,6 +294,8 @@ class AsyncPool(PoolBase[C]):
         """
         entry = self._state.find_lent(conn)
         if entry is None:
+            if self._state.closed:
+                return  # close() already closed it under its borrower
             raise ValueError(
                 f"connection {type(conn).__name__} is not lent by pool {self.name!r} "
                 "(already released, or acquired from another pool)"

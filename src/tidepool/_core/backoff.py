@@ -33,6 +33,11 @@ class Backoff:
         jitter: float = 0.5 + self._rng.random() / 2
         return ceiling * jitter
 
+    @property
+    def failures(self) -> int:
+        """How many delays were handed out since the last reset."""
+        return self._attempt
+
     def reset(self) -> None:
         """Forget past failures."""
         self._attempt = 0

@@ -236,7 +236,7 @@ class Flows(Generic[C]):
                         self.spawn(self._close_raw_flow(conn), "close")
                     if not isinstance(exc, Exception):
                         raise
-                    self._log_connect_error(exc, permanent)
+                    self._log_connect_error(exc, permanent, backoff.failures)
                     if permanent:
                         return
                     yield (SLEEP, backoff.next_delay())

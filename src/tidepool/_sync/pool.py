@@ -233,6 +233,8 @@ class Pool(PoolBase[C]):
         """
         entry = self._state.find_lent(conn)
         if entry is None:
+            if self._state.closed:
+                return  # close() already closed it under its borrower
             raise ValueError(
                 f"connection {type(conn).__name__} is not lent by pool {self.name!r} "
                 "(already released, or acquired from another pool)"
