@@ -255,11 +255,18 @@ class Flows(Generic[C]):
                 state.end_worker()
                 self.kick()
 
-    def _log_connect_error(self, exc: BaseException, permanent: bool) -> None:
-        state = self._state
+    def _log_connect_error(self, exc: BaseException, permanent: bool, streak: int) -> None:
+        # The first failure of a streak is a WARNING; its retries are DEBUG, so an outage
+        # does not flood the log.
         kind = "permanent" if permanent else "transient, will retry"
-        log.warning(
-            "pool %r: connect failed (%s): %s: %s", state.name, kind, type(exc).__name__, exc
+        level = logging.WARNING if permanent or streak == 0 else logging.DEBUG
+        log.log(
+            level,
+            "pool %r: connect failed (%s): %s: %s",
+            self._state.name,
+            kind,
+            type(exc).__name__,
+            exc,
         )
         if self._listeners:
             self.emit("on_connect_failed", exc)
