@@ -16,7 +16,7 @@ from typing import Any, Literal, TypedDict, TypeVar
 
 from ._config import CheckPolicy, Options, reject_unknown_options, validate_timeout
 from ._core.entry import Entry, Site
-from ._core.flows import Flows
+from ._core.flows import Flow, Flows
 from ._core.state import Limits, PoolState
 from ._core.stats import PoolStats
 from .errors import ConfigError
@@ -258,15 +258,34 @@ class PoolBase(Flows[C]):
     def _reset_shell_after_fork(self) -> None:
         """Forget background workers that did not survive fork (the shell overrides)."""
 
-    def _require_executor(self, method: str) -> Any:
-        executor = self.manager
-        if not callable(getattr(executor, method, None)):
+    def _execute(self, method: str, args: tuple[Any, ...]) -> Flow[Any]:
+        """The procedure behind ``pool.fetch_all(...)`` etc., called by the shell's method."""
+        return self.execute_flow(method, args, self.options.acquire_timeout, self._site(2))
+
+    def executor_method(self, method: str) -> Callable[..., Any]:
+        fn = getattr(self.manager, method, None)
+        if not callable(fn):
             raise TypeError(
                 f"pool {self.name!r} has no SQL executor: its manager "
-                f"{type(executor).__name__} does not implement {method}(); acquire a "
+                f"{type(self.manager).__name__} does not implement {method}(); acquire a "
                 "connection and use the driver directly, or use a URL target"
             )
-        return executor
+        return fn  # type: ignore[no-any-return]
+
+    def _entry_to_release(self, conn: C) -> Entry[C] | None:
+        """The entry of ``conn`` for ``release(conn)``; ``None`` if the pool already closed
+        it (a forced close), so there is nothing to do.
+
+        Raises:
+            ValueError: ``conn`` is not lent by this pool (released twice, or foreign).
+        """
+        entry = self._state.find_lent(conn)
+        if entry is None and not self._state.closed:
+            raise ValueError(
+                f"connection {type(conn).__name__} is not lent by pool {self.name!r} "
+                "(already released, or acquired from another pool)"
+            )
+        return entry
 
 
 def close_timeout(timeout: object) -> float:

@@ -47,7 +47,7 @@ def _expire(future: asyncio.Future[bool]) -> None:
 
 
 class _Resume(Generic[T]):
-    """Await the rest of a coroutine whose first step already ran (see ``_call``)."""
+    """Await the rest of a coroutine whose first step already ran (see ``_advance``)."""
 
     __slots__ = ("_coro", "_first")
 
@@ -75,25 +75,40 @@ class _Resume(Generic[T]):
                     return stop.value  # type: ignore[no-any-return]
 
 
-async def _call(fn: Any, args: tuple[Any, ...], timeout: float) -> Any:
-    """Call ``fn(*args)``; await its result if awaitable, bounded by ``timeout``.
+_DONE: Any = object()  # _advance: the procedure finished
+_AWAITABLE: Any = object()  # _advance: a call returned an awaitable that is not a coroutine
 
-    The first step of a coroutine runs at once, with no timer: most resets and many checks
-    finish without suspending, and arming a timer per release would cost more than the rest of
-    the release. Only a coroutine that really waits gets its deadline.
+
+def _advance(flow: Flow[Any], send: Any, error: BaseException | None) -> tuple[Any, Any]:
+    """Run ``flow`` synchronously until it finishes or must really suspend.
+
+    Returns ``(_DONE, value)`` when the procedure returned ``value``; otherwise the operation
+    to await and, for a call, ``(started_coroutine, first_yield)``. The first step of every
+    coroutine a call returns runs here at once, without a timer: most resets and many checks
+    finish without suspending, and arming a timer (or creating a coroutine) per release would
+    cost more than the rest of the release. Only a call that really waits gets its deadline.
     """
-    result = fn(*args)
-    if type(result) is CoroutineType:
+    while True:
         try:
-            first = result.send(None)
+            op = flow.send(send) if error is None else flow.throw(error)
         except StopIteration as stop:
-            return stop.value
-        async with asyncio.timeout(timeout):
-            return await _Resume(result, first)
-    if inspect.isawaitable(result):
-        async with asyncio.timeout(timeout):
-            return await result
-    return result
+            return _DONE, stop.value
+        send = error = None
+        if op[0] != CALL:
+            return op, None
+        try:
+            result = op[1](*op[2])
+            if type(result) is CoroutineType:
+                try:
+                    return op, (result, result.send(None))
+                except StopIteration as stop:
+                    send = stop.value
+            elif inspect.isawaitable(result):
+                return op, (result, _AWAITABLE)
+            else:
+                send = result
+        except BaseException as exc:
+            error = exc
 
 
 class AsyncLease(Generic[C]):
@@ -117,7 +132,7 @@ class AsyncLease(Generic[C]):
         if self._entry is not None:  # from try_acquire(): already lent
             return self._conn  # type: ignore[return-value]
         pool = self._pool
-        lent = pool._state.try_lend(monotonic(), self._site)
+        lent = pool.lend_idle(self._site)
         if lent is None:
             lent = await pool._drive(pool._slow_acquire(self._timeout, self._site))
         self._entry, self._conn = lent
@@ -134,7 +149,10 @@ class AsyncLease(Generic[C]):
             return
         self._entry = self._conn = None
         pool = self._pool
-        await pool._drive(pool.release_flow(entry, conn))  # type: ignore[arg-type]
+        flow = pool.release_flow(entry, conn)  # type: ignore[arg-type]
+        op, pending = _advance(flow, None, None)
+        if op is not _DONE:
+            await pool._drive(flow, op, pending)
 
 
 class AsyncPool(PoolBase[C]):
@@ -278,7 +296,7 @@ class AsyncPool(PoolBase[C]):
     def try_acquire(self) -> AsyncLease[C] | None:
         """Lend an idle connection if one needs no I/O (no connect, no check), else ``None``.
         Never waits. Use the result with ``async with``."""
-        lent = self._state.try_lend(monotonic(), self._site(1))
+        lent = self.lend_idle(self._site(1))
         if lent is None:
             return None
         lease = AsyncLease(self, 0.0, None)
@@ -292,18 +310,12 @@ class AsyncPool(PoolBase[C]):
             ValueError: ``conn`` is not currently lent by this pool (released twice, or
                 from another pool).
         """
-        entry = self._state.find_lent(conn)
-        if entry is None:
-            if self._state.closed:
-                return  # close() already closed it under its borrower
-            raise ValueError(
-                f"connection {type(conn).__name__} is not lent by pool {self.name!r} "
-                "(already released, or acquired from another pool)"
-            )
-        await self._drive(self.release_flow(entry, conn))
+        entry = self._entry_to_release(conn)
+        if entry is not None:
+            await self._drive(self.release_flow(entry, conn))
 
     async def _acquire(self, timeout: float | None, site: Site) -> C:
-        lent = self._state.try_lend(monotonic(), site)
+        lent = self.lend_idle(site)
         if lent is None:
             lent = await self._drive(self._slow_acquire(timeout, site))
         return lent[1]
@@ -322,49 +334,40 @@ class AsyncPool(PoolBase[C]):
 
     async def execute(self, sql: str, *args: Any) -> Any:
         """Run one statement on a connection of its own; return the driver's status."""
-        executor = self._require_executor("execute")
-        async with self.acquire() as conn:
-            return await executor.execute(conn, sql, args)
+        return await self._drive(self._execute("execute", (sql, args)))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any:
         """Run one statement once per row of parameters, on one connection."""
-        executor = self._require_executor("executemany")
-        async with self.acquire() as conn:
-            return await executor.executemany(conn, sql, rows)
+        return await self._drive(self._execute("executemany", (sql, rows)))
 
     async def fetch_all(self, sql: str, *args: Any) -> list[Any]:
         """Run a query; return every row (the driver's row objects)."""
-        executor = self._require_executor("fetch_all")
-        async with self.acquire() as conn:
-            rows: list[Any] = await executor.fetch_all(conn, sql, args)
-            return rows
+        return await self._drive(self._execute("fetch_all", (sql, args)))
 
     async def fetch_one(self, sql: str, *args: Any) -> Any | None:
         """Run a query; return its first row, or ``None``."""
-        executor = self._require_executor("fetch_one")
-        async with self.acquire() as conn:
-            return await executor.fetch_one(conn, sql, args)
+        return await self._drive(self._execute("fetch_one", (sql, args)))
 
     async def fetch_value(self, sql: str, *args: Any) -> Any:
         """Run a query; return the first column of its first row, or ``None``."""
-        executor = self._require_executor("fetch_value")
-        async with self.acquire() as conn:
-            return await executor.fetch_value(conn, sql, args)
+        return await self._drive(self._execute("fetch_value", (sql, args)))
 
     @asynccontextmanager
     async def transaction(self, **options: Any) -> AsyncIterator[C]:
         """Borrow a connection inside a transaction: committed when the block succeeds,
         rolled back on an exception or cancellation. ``options`` go to the adapter (SQLite:
         ``mode="deferred"|"immediate"|"exclusive"``)."""
-        executor = self._require_executor("begin")
+        begin = self.executor_method("begin")
+        commit = self.executor_method("commit")
+        rollback = self.executor_method("rollback")
         async with self.acquire() as conn:
-            await executor.begin(conn, **options)
+            await begin(conn, **options)
             try:
                 yield conn
             except BaseException:
-                await _rollback_quietly(executor, conn, self.name)
+                await _rollback_quietly(rollback, conn, self.name)
                 raise
-            await executor.commit(conn)
+            await commit(conn)
 
     # ------------------------------------------------------------ the shell
 
@@ -388,27 +391,28 @@ class AsyncPool(PoolBase[C]):
                 "pool %r: background task %s failed", self.name, task.get_name(), exc_info=exc
             )
 
-    async def _drive(self, flow: Flow[T]) -> T:
+    async def _drive(self, flow: Flow[T], op: Any = None, pending: Any = None) -> T:
         """Run a procedure: perform each operation it yields, send back the result or throw
-        back the exception (cancellation included)."""
-        send: Any = None
-        error: BaseException | None = None
-        while True:
+        back the exception (cancellation included). ``op``/``pending`` continue a procedure
+        that :func:`_advance` already started."""
+        if op is None:
+            op, pending = _advance(flow, None, None)
+        while op is not _DONE:
+            send: Any = None
             try:
-                op = flow.send(send) if error is None else flow.throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            send = error = None
-            try:
-                kind = op[0]
-                if kind == CALL:
-                    send = await _call(op[1], op[2], op[3])
-                elif kind == WAIT:
+                if pending is not None:  # a call that suspended: finish it within its bound
+                    coro, first = pending
+                    async with asyncio.timeout(op[3]):
+                        send = await (coro if first is _AWAITABLE else _Resume(coro, first))
+                elif op[0] == WAIT:
                     send = await self._wait(op[1], op[2])
                 else:
                     await asyncio.sleep(op[1])
             except BaseException as exc:
-                error = exc
+                op, pending = _advance(flow, None, exc)
+            else:
+                op, pending = _advance(flow, send, None)
+        return pending  # type: ignore[no-any-return]
 
     async def _wait(self, waiter: _FutureWaiter, deadline: float | None) -> bool:
         future = waiter.future
@@ -439,10 +443,10 @@ def _maintenance_tick(ref: weakref.ref[AsyncPool[Any]]) -> None:
     pool._schedule_maintenance(pool._loop, ref)
 
 
-async def _rollback_quietly(executor: Any, conn: Any, name: str) -> None:
+async def _rollback_quietly(rollback: Any, conn: Any, name: str) -> None:
     # The original error matters more; if this rollback fails, the reset on release rolls
     # back again or closes the connection, so nothing dirty is lent.
     try:
-        await executor.rollback(conn)
+        await rollback(conn)
     except Exception as exc:
         log.info("pool %r: rollback after an error failed: %r", name, exc)

@@ -143,9 +143,21 @@ class Flows(Generic[C]):
                     continue
                 now = monotonic()
             conn = state.lend(entry, now, site)
-            if self._listeners:
-                self.emit("on_acquire", entry.id, now - started)
+            if self._listeners or log.isEnabledFor(logging.DEBUG):
+                self._note_acquired(entry, now - started)
             return entry, conn
+
+    def lend_idle(self, site: Site) -> tuple[Entry[C], C] | None:
+        """The fast path of acquire: an idle connection needing no I/O, or ``None``."""
+        lent = self._state.try_lend(monotonic(), site)
+        if lent is not None and (self._listeners or log.isEnabledFor(logging.DEBUG)):
+            self._note_acquired(lent[0], 0.0)
+        return lent
+
+    def _note_acquired(self, entry: Entry[C], waited: float) -> None:
+        log.debug("pool %r: lent connection #%d after %.6f s", self._state.name, entry.id, waited)
+        if self._listeners:
+            self.emit("on_acquire", entry.id, waited)
 
     def _wait_for_entry(
         self, waiter: Waiter, deadline: float | None, timeout: float | None
@@ -179,16 +191,20 @@ class Flows(Generic[C]):
         """Take ``conn`` back: reset it (bounded) and hand it on, or close it when it is
         broken, cannot be reset, or the reset was interrupted."""
         state = self._state
-        if not state.take_back(entry, conn):
+        keep = state.take_back(entry, conn, monotonic())
+        if keep is None:
             return  # no longer ours (closed hard by close(), or inherited across fork)
-        if self._listeners:
-            self.emit("on_release", entry.id, monotonic() - entry.lent_since)
+        if self._listeners or log.isEnabledFor(logging.DEBUG):
+            used = monotonic() - entry.lent_since
+            log.debug("pool %r: connection #%d back after %.6f s", state.name, entry.id, used)
+            if self._listeners:
+                self.emit("on_release", entry.id, used)
         try:
             if self._m_is_broken(conn):
                 state.give_back(entry, monotonic(), reusable=False)
                 self.kick()
                 return
-            if self._reset_enabled and state.keeps(entry, monotonic()):
+            if keep and self._reset_enabled:
                 yield (CALL, self._m_reset, (conn,), self._connect_timeout)
         except BaseException as exc:
             state.discard(entry, reset_failed=isinstance(exc, Exception))
@@ -203,6 +219,28 @@ class Flows(Generic[C]):
             return
         state.give_back(entry, monotonic(), reusable=True)
         self.kick()
+
+    # ------------------------------------------------------------ executor
+
+    def execute_flow(
+        self, method: str, args: tuple[Any, ...], timeout: float | None, site: Site
+    ) -> Flow[Any]:
+        """One checkout for one executor call: lend, run the adapter's ``method(conn,
+        *args)`` (not bounded by the pool: the driver's own timeouts apply), give back."""
+        fn = self.executor_method(method)
+        lent = self.lend_idle(site)
+        if lent is None:
+            lent = yield from self.acquire_flow(timeout, site)
+        entry, conn = lent
+        try:
+            result = yield (CALL, fn, (conn, *args), None)
+        finally:
+            yield from self.release_flow(entry, conn)
+        return result
+
+    def executor_method(self, method: str) -> Callable[..., Any]:
+        """The adapter's executor glue ``method``, or a ``TypeError`` saying there is none."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------ connect
 

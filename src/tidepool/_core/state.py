@@ -128,7 +128,10 @@ class PoolState(Generic[C]):
                     idle.pop()
                     self._retire(entry, self._expiry_reason(entry))
                     continue
-                if self._needs_check(entry, now):
+                check = self.limits.check
+                if check != "never" and (
+                    check == "always" or now - entry.idle_since > self.limits.check_idle_after
+                ):
                     return None
                 idle.pop()
                 return entry, self._lend(entry, now, site)
@@ -257,20 +260,24 @@ class PoolState(Generic[C]):
                 return None
             return entry
 
-    def take_back(self, entry: Entry[C], conn: C) -> bool:
+    def take_back(self, entry: Entry[C], conn: C, now: float) -> bool | None:
         """A borrower returns ``conn``: the entry becomes ``BUSY`` (being reset).
 
-        Returns ``False`` when the pool no longer counts this entry (it was hard-closed by
-        ``close()`` or replaced after a fork): the caller must then drop the connection.
+        Returns ``True`` if the connection would go back to the pool (so a reset is worth
+        doing), ``False`` if it will be retired anyway, and ``None`` when the pool no longer
+        counts this entry (it was hard-closed by ``close()``, or inherited across fork): the
+        caller must then drop the connection.
         """
         with self.lock:
-            if entry.where is not Where.LENT or self.lent.get(id(conn)) is not entry:
-                return False
-            del self.lent[id(conn)]
+            lent = self.lent
+            key = id(conn)
+            if entry.where is not Where.LENT or lent.get(key) is not entry:
+                return None
+            del lent[key]
             entry.conn = conn
             entry.ref = None
             entry.where = Where.BUSY
-            return True
+            return self.keeps(entry, now)
 
     def keeps(self, entry: Entry[C], now: float) -> bool:
         """Whether ``entry`` would go back to the pool now (so a reset is worth doing)."""
@@ -355,6 +362,8 @@ class PoolState(Generic[C]):
 
     def wants_worker(self) -> bool:
         """Cheap, racy pre-check for :meth:`begin_worker` (a later state change re-checks)."""
+        if not self.waiters and self.size >= self.limits.min_size:
+            return False
         return self.workers < self.limits.max_connecting and (
             len(self.waiters) > self.connecting
             or (self.size < self.limits.min_size and not self.fill_paused)

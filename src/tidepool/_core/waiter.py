@@ -30,35 +30,27 @@ class Waiter:
         raise NotImplementedError
 
 
-class WaiterQueue:
+class WaiterQueue(OrderedDict[Waiter, None]):
     """FIFO of waiters with O(1) append, pop-oldest and removal of any waiter.
 
     Removal must be O(1) and immediate: during an outage thousands of callers time out, and a
-    queue that keeps dead waiters grows without bound (psycopg_pool's LOAD-2 failure).
+    queue that keeps dead waiters grows without bound (psycopg_pool's LOAD-2 failure). An
+    ``OrderedDict`` subclass, so ``len()`` and truth tests stay C-level on the hot path.
     """
 
-    __slots__ = ("_items",)
-
-    def __init__(self) -> None:
-        self._items: OrderedDict[Waiter, None] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __bool__(self) -> bool:
-        return bool(self._items)
+    __slots__ = ()
 
     def push(self, waiter: Waiter) -> None:
-        self._items[waiter] = None
+        self[waiter] = None
 
     def pop_oldest(self) -> Waiter:
-        return self._items.popitem(last=False)[0]
+        return self.popitem(last=False)[0]
 
     def remove(self, waiter: Waiter) -> bool:
         """Remove ``waiter``; ``False`` if it was no longer queued."""
-        return self._items.pop(waiter, 0) is None
+        return self.pop(waiter, 0) is None
 
     def drain(self) -> list[Waiter]:
-        items = list(self._items)
-        self._items.clear()
+        items = list(self)
+        self.clear()
         return items

@@ -59,7 +59,7 @@ class Lease(Generic[C]):
         if self._entry is not None:  # from try_acquire(): already lent
             return self._conn  # type: ignore[return-value]
         pool = self._pool
-        lent = pool._state.try_lend(monotonic(), self._site)
+        lent = pool.lend_idle(self._site)
         if lent is None:
             lent = pool._drive(pool._slow_acquire(self._timeout, self._site))
         self._entry, self._conn = lent
@@ -209,7 +209,7 @@ class Pool(PoolBase[C]):
         :meth:`release`. Raises as :meth:`acquire`."""
         site = self._site(1)
         timeout = self._acquire_timeout(timeout)
-        lent = self._state.try_lend(monotonic(), site)
+        lent = self.lend_idle(site)
         if lent is None:
             lent = self._drive(self._slow_acquire(timeout, site))
         return lent[1]
@@ -217,7 +217,7 @@ class Pool(PoolBase[C]):
     def try_acquire(self) -> Lease[C] | None:
         """Lend an idle connection if one needs no I/O (no connect, no check), else ``None``.
         Never waits. Use the result with ``with``."""
-        lent = self._state.try_lend(monotonic(), self._site(1))
+        lent = self.lend_idle(self._site(1))
         if lent is None:
             return None
         lease = Lease(self, 0.0, None)
@@ -231,15 +231,9 @@ class Pool(PoolBase[C]):
             ValueError: ``conn`` is not currently lent by this pool (released twice, or
                 from another pool).
         """
-        entry = self._state.find_lent(conn)
-        if entry is None:
-            if self._state.closed:
-                return  # close() already closed it under its borrower
-            raise ValueError(
-                f"connection {type(conn).__name__} is not lent by pool {self.name!r} "
-                "(already released, or acquired from another pool)"
-            )
-        self._drive(self.release_flow(entry, conn))
+        entry = self._entry_to_release(conn)
+        if entry is not None:
+            self._drive(self.release_flow(entry, conn))
 
     def _slow_acquire(self, timeout: float | None, site: Site) -> Flow[tuple[Entry[C], C]]:
         self._start()
@@ -254,52 +248,43 @@ class Pool(PoolBase[C]):
 
     def execute(self, sql: str, *args: Any) -> Any:
         """Run one statement on a connection of its own; return the driver's status."""
-        executor = self._require_executor("execute")
-        with self.acquire() as conn:
-            return executor.execute(conn, sql, args)
+        return self._drive(self._execute("execute", (sql, args)))
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any:
         """Run one statement once per row of parameters, on one connection."""
-        executor = self._require_executor("executemany")
-        with self.acquire() as conn:
-            return executor.executemany(conn, sql, rows)
+        return self._drive(self._execute("executemany", (sql, rows)))
 
     def fetch_all(self, sql: str, *args: Any) -> list[Any]:
         """Run a query; return every row (the driver's row objects)."""
-        executor = self._require_executor("fetch_all")
-        with self.acquire() as conn:
-            rows: list[Any] = executor.fetch_all(conn, sql, args)
-            return rows
+        return self._drive(self._execute("fetch_all", (sql, args)))
 
     def fetch_one(self, sql: str, *args: Any) -> Any | None:
         """Run a query; return its first row, or ``None``."""
-        executor = self._require_executor("fetch_one")
-        with self.acquire() as conn:
-            return executor.fetch_one(conn, sql, args)
+        return self._drive(self._execute("fetch_one", (sql, args)))
 
     def fetch_value(self, sql: str, *args: Any) -> Any:
         """Run a query; return the first column of its first row, or ``None``."""
-        executor = self._require_executor("fetch_value")
-        with self.acquire() as conn:
-            return executor.fetch_value(conn, sql, args)
+        return self._drive(self._execute("fetch_value", (sql, args)))
 
     @contextmanager
     def transaction(self, **options: Any) -> Iterator[C]:
         """Borrow a connection inside a transaction: committed when the block succeeds,
         rolled back on an exception. ``options`` go to the adapter (SQLite:
         ``mode="deferred"|"immediate"|"exclusive"``)."""
-        executor = self._require_executor("begin")
+        begin = self.executor_method("begin")
+        commit = self.executor_method("commit")
+        rollback = self.executor_method("rollback")
         with self.acquire() as conn:
-            executor.begin(conn, **options)
+            begin(conn, **options)
             try:
                 yield conn
             except BaseException:
                 try:
-                    executor.rollback(conn)
+                    rollback(conn)
                 except Exception as exc:  # the reset on release retries, or closes it
                     log.info("pool %r: rollback after an error failed: %r", self.name, exc)
                 raise
-            executor.commit(conn)
+            commit(conn)
 
     # ------------------------------------------------------------ the shell
 
