@@ -188,7 +188,7 @@ class Options:
                 f"({self.max_lifetime:g} s): connections retire by lifetime before they can "
                 "idle out, so idle_timeout has no effect",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=5,  # the line that constructed the pool
             )
 
     def __repr__(self) -> str:

@@ -65,6 +65,18 @@ def _forget_pools_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_pools_in_child)
 
 
+class _Sealed:
+    """Holds constructor arguments without showing them in ``repr()``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<sealed pool arguments>"
+
+
 def fresh_error(error: BaseException) -> BaseException:
     """A copy of ``error`` to raise in one more caller (several waiters may receive the same
     error; raising one instance in many places would chain their tracebacks together)."""
@@ -80,7 +92,26 @@ class PoolBase(Flows[C]):
     # Which manager protocol and adapters the shell drives.
     _flavor: Literal["async", "sync"] = "async"
 
-    def __init__(self, target: Any, options: Mapping[str, Any]) -> None:
+    def __init__(self, target: Any, /, **options: Any) -> None:
+        # The target URL and the options (connect_kwargs may hold a password) must not sit in
+        # any frame of a construction error's traceback, where Sentry, debuggers and
+        # "traceback with locals" would show them: keep them sealed here, build in _setup,
+        # and re-raise a fresh error from this frame only.
+        sealed = _Sealed((target, options))
+        del target, options
+        error: BaseException | None = None
+        try:
+            self._setup(*sealed.value)
+        except (ConfigError, TypeError) as exc:
+            error = type(exc)(*exc.args)
+        if error is not None:
+            raise error
+        self._init_shell()
+
+    def _init_shell(self) -> None:
+        """Set up the shell's own attributes (the shell overrides)."""
+
+    def _setup(self, target: Any, options: Mapping[str, Any]) -> None:
         owner = type(self).__name__
         known = {k: v for k, v in options.items() if k in PoolOptions.__annotations__}
         reject_unknown_options(owner, {k: v for k, v in options.items() if k not in known})
@@ -142,7 +173,9 @@ class PoolBase(Flows[C]):
         return self._state.snapshot()
 
     def __repr__(self) -> str:
-        state = self._state
+        state = getattr(self, "_state", None)
+        if state is None:  # construction failed
+            return f"<{type(self).__name__} (not constructed)>"
         status = "closed" if state.closed else "open" if self._opened else "not opened"
         return f"<{type(self).__name__} {state.name!r} {status} ({state.counts()})>"
 
@@ -258,8 +291,13 @@ class PoolBase(Flows[C]):
     def _reset_shell_after_fork(self) -> None:
         """Forget background workers that did not survive fork (the shell overrides)."""
 
+    def _start(self) -> None:
+        """Open lazily: bind to the running loop, start maintenance (the shell implements)."""
+        raise NotImplementedError
+
     def _execute(self, method: str, args: tuple[Any, ...]) -> Flow[Any]:
         """The procedure behind ``pool.fetch_all(...)`` etc., called by the shell's method."""
+        self._start()
         return self.execute_flow(method, args, self.options.acquire_timeout, self._site(2))
 
     def executor_method(self, method: str) -> Callable[..., Any]:

@@ -15,6 +15,10 @@ from .errors import ConfigError
 __all__ = ["ParsedURL", "Secret", "parse_url", "redact_url"]
 
 _SECRET_QUERY_KEY = re.compile(r"pass|secret|token|credential|key$", re.IGNORECASE)
+_SECRET_KEYWORD = re.compile(
+    r"\b(\w*(?:pass|secret|token|credential)\w*)\s*=\s*(?:'(?:[^'\\]|\\.)*'|\S+)",
+    re.IGNORECASE,
+)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9.+-]*)://")
 
 
@@ -55,7 +59,13 @@ def redact_url(url: str) -> str:
     """
     match = _SCHEME.match(url)
     if match is None:
-        return url
+        # Not a URL: maybe a libpq "key=value" string, or a URL missing its scheme.
+        text = _SECRET_KEYWORD.sub(lambda m: f"{m.group(1)}=***", url)
+        if "@" in text:
+            userinfo, _, host = text.rpartition("@")
+            if ":" in userinfo:
+                text = f"{userinfo.split(':', 1)[0]}:***@{host}"
+        return text
     rest = url[match.end() :]
     # The authority ends at the first '/', '?' or '#' after the *last* '@', so a password with an
     # unescaped '@' or '/' is still hidden whole.

@@ -10,7 +10,7 @@ import weakref
 from collections.abc import AsyncIterator, Generator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from types import CoroutineType, TracebackType
-from typing import Any, Generic, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack, overload
 
 from .._core.entry import Entry, Site
 from .._core.flows import CALL, WAIT, Flow
@@ -164,14 +164,21 @@ class AsyncPool(PoolBase[C]):
     loop it opened in. See the README for the options.
     """
 
-    @overload
-    def __init__(self: AsyncPool[Any], target: str, /, **options: Unpack[PoolOptions]) -> None: ...
+    if TYPE_CHECKING:
 
-    @overload
-    def __init__(self, target: AsyncManager[C], /, **options: Unpack[PoolOptions]) -> None: ...
+        @overload
+        def __init__(
+            self: AsyncPool[Any], target: str, /, **options: Unpack[PoolOptions]
+        ) -> None: ...
 
-    def __init__(self, target: str | AsyncManager[C], /, **options: Unpack[PoolOptions]) -> None:
-        super().__init__(target, options)
+        @overload
+        def __init__(self, target: AsyncManager[C], /, **options: Unpack[PoolOptions]) -> None: ...
+
+        def __init__(
+            self, target: str | AsyncManager[C], /, **options: Unpack[PoolOptions]
+        ) -> None: ...
+
+    def _init_shell(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.TimerHandle | None = None
@@ -232,7 +239,11 @@ class AsyncPool(PoolBase[C]):
         log.info("pool %r: closed", self.name)
 
     async def __aenter__(self) -> AsyncPool[C]:
-        await self.open()
+        try:
+            await self.open()
+        except BaseException:
+            await self.aclose()
+            raise
         return self
 
     async def __aexit__(
@@ -256,6 +267,11 @@ class AsyncPool(PoolBase[C]):
         self, loop: asyncio.AbstractEventLoop, ref: weakref.ref[AsyncPool[Any]]
     ) -> None:
         self._maintenance = loop.call_later(self._maintenance_interval(), _maintenance_tick, ref)
+
+    def lend_idle(self, site: Site) -> tuple[Entry[C], C] | None:
+        if self._loop is not None and asyncio._get_running_loop() is not self._loop:
+            self._check_loop()
+        return super().lend_idle(site)
 
     def _check_loop(self) -> None:
         loop = asyncio.get_running_loop()

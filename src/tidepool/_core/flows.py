@@ -369,7 +369,10 @@ class Flows(Generic[C]):
 
     def open_flow(self, timeout: float | None) -> Flow[None]:
         """Eager open: fill to ``min_size`` (at least one connection, to verify the target)
-        within ``timeout``, retrying transient failures; then hand them back."""
+        within ``timeout``, retrying transient failures; then hand them back. An
+        ``acquire_timeout`` of 0 ("never wait") gives opening ``connect_timeout`` instead."""
+        if timeout == 0:
+            timeout = self._connect_timeout
         wanted = max(1, self._state.limits.min_size)
         deadline = None if timeout is None else monotonic() + timeout
         held: list[tuple[Entry[C], C]] = []

@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Unpack, overload
 
 from .._core.entry import Entry, Site
 from .._core.flows import CALL, WAIT, Flow
@@ -91,14 +91,17 @@ class Pool(PoolBase[C]):
 
     _flavor: Literal["async", "sync"] = "sync"
 
-    @overload
-    def __init__(self: Pool[Any], target: str, /, **options: Unpack[PoolOptions]) -> None: ...
+    if TYPE_CHECKING:
 
-    @overload
-    def __init__(self, target: Manager[C], /, **options: Unpack[PoolOptions]) -> None: ...
+        @overload
+        def __init__(self: Pool[Any], target: str, /, **options: Unpack[PoolOptions]) -> None: ...
 
-    def __init__(self, target: str | Manager[C], /, **options: Unpack[PoolOptions]) -> None:
-        super().__init__(target, options)
+        @overload
+        def __init__(self, target: Manager[C], /, **options: Unpack[PoolOptions]) -> None: ...
+
+        def __init__(self, target: str | Manager[C], /, **options: Unpack[PoolOptions]) -> None: ...
+
+    def _init_shell(self) -> None:
         self._start_lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
         self._stop = threading.Event()
@@ -149,7 +152,11 @@ class Pool(PoolBase[C]):
         log.info("pool %r: closed", self.name)
 
     def __enter__(self) -> Pool[C]:
-        self.open()
+        try:
+            self.open()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(

@@ -357,17 +357,19 @@ class AsyncSQLiteConnection:
             job = jobs.get()
             if job is _STOP:
                 break
-            fn, args, future, loop = job
+            fn, args, future, loop = job[:4]
             with self._interrupt_lock:
-                self._running = job
-            try:
-                result = fn(self._raw, *args)
-            except BaseException as exc:
-                outcome: tuple[bool, Any] = (False, exc)
+                skipped = job[4]  # cancelled while queued: never run it
+                self._running = None if skipped else job
+            if skipped:
+                outcome: tuple[bool, Any] = (False, None)
             else:
-                outcome = (True, result)
-            with self._interrupt_lock:
-                self._running = None
+                try:
+                    outcome = (True, fn(self._raw, *args))
+                except BaseException as exc:
+                    outcome = (False, exc)
+                with self._interrupt_lock:
+                    self._running = None
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(_settle, future, outcome, self)
         if self._raw is not None:
@@ -376,18 +378,22 @@ class AsyncSQLiteConnection:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(raw_connection, *args)`` on this connection's thread and return its
-        result. Raises whatever ``fn`` raises."""
+        result. Raises whatever ``fn`` raises. Cancelling the call interrupts it if it is
+        running, or drops it if it is still queued."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        job = (fn, args, future, loop)
+        job = [fn, args, future, loop, False]
         self._pending += 1
         self._jobs.put(job)
         try:
             return await future
         except asyncio.CancelledError:
             with self._interrupt_lock:
-                if self._running is job and self._raw is not None:
-                    self._raw.interrupt()
+                if self._running is job:
+                    if self._raw is not None:
+                        self._raw.interrupt()
+                else:
+                    job[4] = True
             raise
 
     @property
@@ -460,7 +466,9 @@ def _settle(
     if future.cancelled():
         return
     ok, value = outcome
-    if ok:
+    if value is None and not ok:
+        future.cancel()
+    elif ok:
         future.set_result(value)
     else:
         future.set_exception(value)
