@@ -103,6 +103,7 @@ class Pool(PoolBase[C]):
 
     def _init_shell(self) -> None:
         self._start_lock = threading.Lock()
+        self._spawn_lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
         self._stop = threading.Event()
         self._closed_done = False
@@ -143,8 +144,13 @@ class Pool(PoolBase[C]):
         self._closed_done = True
         self._stop.set()
         deadline = monotonic() + self._connect_timeout
-        for thread in list(self._threads):
-            if thread is not threading.current_thread():
+        current = threading.current_thread()
+        while monotonic() < deadline:
+            with self._spawn_lock:
+                pending = [t for t in self._threads if t is not current and t.is_alive()]
+            if not pending:
+                break
+            for thread in pending:
                 thread.join(max(0.0, deadline - monotonic()))
         dispose = getattr(self.manager, "dispose", None)
         if dispose is not None:
@@ -168,10 +174,10 @@ class Pool(PoolBase[C]):
         self.close()
 
     def _start(self) -> None:
-        if self._opened:
+        if self._opened or self._state.closed:
             return
         with self._start_lock:
-            if self._opened:
+            if self._opened or self._state.closed:
                 return
             self._opened = True
             self._stop = threading.Event()
@@ -191,6 +197,7 @@ class Pool(PoolBase[C]):
 
     def _reset_shell_after_fork(self) -> None:
         self._start_lock = threading.Lock()
+        self._spawn_lock = threading.Lock()
         self._threads = set()
         self._stop = threading.Event()
 
@@ -305,8 +312,10 @@ class Pool(PoolBase[C]):
             name=f"tidepool-{what}-{self.name}",
             daemon=True,
         )
-        self._threads.add(thread)
-        thread.start()
+        # Registered and started in one step, so close() never sees an unstarted thread.
+        with self._spawn_lock:
+            self._threads.add(thread)
+            thread.start()
 
     def _run_background(self, flow: Flow[Any]) -> None:
         try:
