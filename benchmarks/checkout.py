@@ -276,7 +276,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--json", metavar="FILE")
-    parser.add_argument("--child", nargs=2, metavar=("CONTENDER", "SCENARIO"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=2, metavar=("CONTENDER", "SCENARIO"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         child(args.child[0], args.child[1], args.seconds)
@@ -286,15 +288,28 @@ def main() -> None:
         for scenario in SCENARIOS:
             for contender in CONTENDERS:
                 out = subprocess.run(
-                    [sys.executable, __file__, "--seconds", str(args.seconds), "--child", contender, scenario],
+                    [
+                        sys.executable,
+                        __file__,
+                        "--seconds",
+                        str(args.seconds),
+                        "--child",
+                        contender,
+                        scenario,
+                    ],
                     check=True,
                     capture_output=True,
                     text=True,
                 )
                 runs.setdefault((contender, scenario), []).append(json.loads(out.stdout))
-                print(f"rep {rep + 1}/{args.reps} {scenario:5} {contender:18} done", file=sys.stderr)
-    print(f"\nacquire+release, pool of {POOL_SIZE}, medians of {args.reps} interleaved runs (min-max)")
-    print(f"{'scenario':8} {'contender':18} {'cycles/s':>22} {'us/cycle':>9} {'vs ref':>7} {'jain':>6} {'max ms':>7}")
+                print(
+                    f"rep {rep + 1}/{args.reps} {scenario:5} {contender:18} done", file=sys.stderr
+                )
+    print(
+        f"\nacquire+release, pool of {POOL_SIZE}, medians of {args.reps} interleaved runs (min-max)"
+    )
+    header = ("scenario", "contender", "cycles/s", "us/cycle", "vs ref", "jain", "max ms")
+    print("{:8} {:18} {:>22} {:>9} {:>7} {:>6} {:>7}".format(*header))
     summary: dict[str, Any] = {}
     for scenario in SCENARIOS:
         for contender in CONTENDERS:
@@ -302,7 +317,11 @@ def main() -> None:
             ops = [r["ops_per_s"] for r in results]
             med = statistics.median(ops)
             ref = REFERENCE.get(contender)
-            ratio = med / statistics.median(r["ops_per_s"] for r in runs[(ref, scenario)]) if ref else 1.0
+            ratio = (
+                med / statistics.median(r["ops_per_s"] for r in runs[(ref, scenario)])
+                if ref
+                else 1.0
+            )
             jains = [r.get("jain", 1.0) for r in results]
             max_ms = max(r.get("max_cycle_ms", 0.0) for r in results)
             spread = f"{med:,.0f} ({min(ops):,.0f}-{max(ops):,.0f})"
