@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from fakes import close_tracked_sync_pools
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -28,3 +31,10 @@ def require_server(name: str, host: str, port: int) -> None:
         if IN_CI:
             pytest.fail(f"{reason}; CI=true requires it", pytrace=False)
         pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _close_tracked_pools() -> Iterator[None]:
+    """Close pools made by ``fakes.new_spool`` even when a test fails half-way."""
+    yield
+    close_tracked_sync_pools()

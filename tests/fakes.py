@@ -17,12 +17,15 @@ server-side session count that the invariant checker compares with ``pool.stats(
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import tidepool
 from tidepool import ConnectError
 
 _ids = itertools.count(1)
@@ -239,3 +242,65 @@ def settle_sync(pool: Any, manager: _Books | None = None, timeout: float = 5.0) 
             break
         time.sleep(0.005)
     check_invariants(pool, manager)
+
+
+# ---------------------------------------------------------------- test harness helpers
+
+
+async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``pred`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.002)
+
+
+def until_sync(pred: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``pred`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.002)
+
+
+_tracked_async: list[tidepool.AsyncPool[Any]] = []
+_tracked_sync: list[tidepool.Pool[Any]] = []
+
+
+def new_apool(manager: AsyncFakeManager, **options: Any) -> tidepool.AsyncPool[FakeConnection]:
+    """An ``AsyncPool`` that :func:`run` closes even when the scenario fails half-way (an
+    unclosed pool would raise a ResourceWarning in whichever later test collects it)."""
+    pool: tidepool.AsyncPool[FakeConnection] = tidepool.AsyncPool(manager, **options)
+    _tracked_async.append(pool)
+    return pool
+
+
+def new_spool(manager: FakeManager, **options: Any) -> tidepool.Pool[FakeConnection]:
+    """A ``Pool`` that the autouse fixture in conftest closes after each test."""
+    pool: tidepool.Pool[FakeConnection] = tidepool.Pool(manager, **options)
+    _tracked_sync.append(pool)
+    return pool
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """``asyncio.run(main())``, closing every pool made by :func:`new_apool` at the end."""
+
+    async def scenario() -> None:
+        try:
+            await main()
+        finally:
+            pools = list(_tracked_async)
+            _tracked_async.clear()
+            for pool in pools:
+                with contextlib.suppress(Exception):
+                    await pool.aclose(timeout=1)
+
+    asyncio.run(scenario())
+
+
+def close_tracked_sync_pools() -> None:
+    pools = list(_tracked_sync)
+    _tracked_sync.clear()
+    for pool in pools:
+        with contextlib.suppress(Exception):
+            pool.close(timeout=1)

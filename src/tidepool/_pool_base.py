@@ -12,7 +12,7 @@ import traceback
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, TypedDict, TypeVar
+from typing import Any, Generic, Literal, TypedDict, TypeVar
 
 from ._config import CheckPolicy, Options, reject_unknown_options, validate_timeout
 from ._core.entry import Entry, Site
@@ -21,7 +21,7 @@ from ._core.state import Limits, PoolState
 from ._core.stats import PoolStats
 from .errors import ConfigError
 
-__all__ = ["PoolBase", "PoolOptions"]
+__all__ = ["LeaseBase", "PoolBase", "PoolOptions"]
 
 C = TypeVar("C")
 log = logging.getLogger("tidepool.pool")
@@ -84,6 +84,39 @@ def fresh_error(error: BaseException) -> BaseException:
     clone.__cause__ = error.__cause__
     clone.__traceback__ = None
     return clone
+
+
+class LeaseBase(Generic[C]):
+    """What ``acquire()`` returns: holds the lent connection between enter and exit.
+
+    The shells add ``__aenter__``/``__aexit__`` (``AsyncLease``) or ``__enter__``/``__exit__``
+    (``Lease``); ``try_acquire()`` builds one that already holds its connection.
+    """
+
+    __slots__ = ("_conn", "_entry", "_pool", "_site", "_timeout")
+
+    def __init__(
+        self,
+        pool: Any,
+        timeout: float | None,
+        site: Site,
+        lent: tuple[Entry[C], C] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._site = site
+        self._entry: Entry[C] | None = None
+        self._conn: C | None = None
+        if lent is not None:
+            self._entry, self._conn = lent
+
+    def _take(self) -> tuple[Entry[C], C] | None:
+        """Detach the lent connection for its release; ``None`` if there is none (any more)."""
+        entry, conn = self._entry, self._conn
+        if entry is None:
+            return None
+        self._entry = self._conn = None
+        return entry, conn  # type: ignore[return-value]
 
 
 class PoolBase(Flows[C]):

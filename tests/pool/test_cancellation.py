@@ -14,49 +14,15 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
 
-from fakes import AsyncFakeManager, FakeConnection, settle
+from fakes import AsyncFakeManager, FakeConnection, new_apool, run, settle, until
 from tidepool import AsyncPool, PoolListener, PoolTimeout
 
 Pool = AsyncPool[FakeConnection]
-
-
-_created: list[Pool] = []
-
-
-def new_pool(manager: AsyncFakeManager, **options: Any) -> Pool:
-    """A pool that ``run()`` closes even when the scenario fails half-way (an unclosed pool
-    would raise a ResourceWarning in whichever later test collects it)."""
-    pool = Pool(manager, **options)
-    _created.append(pool)
-    return pool
-
-
-def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    async def scenario() -> None:
-        try:
-            await main()
-        finally:
-            pools = list(_created)
-            _created.clear()
-            for pool in pools:
-                with contextlib.suppress(Exception):
-                    await pool.aclose(timeout=1)
-
-    asyncio.run(scenario())
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.001)
 
 
 async def lend_all_at_once(pool: Pool, n: int) -> None:
@@ -82,7 +48,7 @@ async def finish(pool: Pool, manager: AsyncFakeManager) -> None:
 def test_can1_cancel_queued_waiters_in_reverse_order() -> None:
     async def main() -> None:
         manager = AsyncFakeManager()
-        pool = new_pool(manager, max_size=3, check="never")
+        pool = new_apool(manager, max_size=3, check="never")
         holders = [await pool.acquire() for _ in range(3)]
         got: list[FakeConnection] = []
 
@@ -91,7 +57,7 @@ def test_can1_cancel_queued_waiters_in_reverse_order() -> None:
                 got.append(conn)
 
         tasks = [asyncio.create_task(waiter()) for _ in range(6)]
-        await wait_until(lambda: pool.stats().waiting == 6)
+        await until(lambda: pool.stats().waiting == 6)
 
         for remaining, task in zip(range(5, -1, -1), reversed(tasks), strict=True):
             task.cancel()
@@ -124,7 +90,7 @@ def test_can1_cancel_queued_waiters_in_reverse_order() -> None:
 def test_can2_cancel_at_handoff_from_release_passes_connection_on(reset: bool) -> None:
     async def main() -> None:
         manager = AsyncFakeManager()
-        pool = new_pool(manager, max_size=2, check="never", reset=reset)
+        pool = new_apool(manager, max_size=2, check="never", reset=reset)
         c1 = await pool.acquire()
         c2 = await pool.acquire()
         got: dict[str, FakeConnection] = {}
@@ -136,9 +102,9 @@ def test_can2_cancel_at_handoff_from_release_passes_connection_on(reset: bool) -
                 await may_leave.wait()
 
         w1 = asyncio.create_task(waiter("w1"))
-        await wait_until(lambda: pool.stats().waiting == 1)
+        await until(lambda: pool.stats().waiting == 1)
         w2 = asyncio.create_task(waiter("w2"))
-        await wait_until(lambda: pool.stats().waiting == 2)
+        await until(lambda: pool.stats().waiting == 2)
 
         # The release hands c1 to w1 (the oldest waiter) without yielding to the loop...
         await pool.release(c1)
@@ -151,7 +117,7 @@ def test_can2_cancel_at_handoff_from_release_passes_connection_on(reset: bool) -
         with pytest.raises(asyncio.CancelledError):
             await w1
         assert w1.cancelled(), "the cancellation was swallowed"
-        await wait_until(lambda: "w2" in got)
+        await until(lambda: "w2" in got)
         assert got["w2"] is c1, "the connection w1 abandoned must go to the next waiter"
         assert "w1" not in got
         may_leave.set()
@@ -169,7 +135,7 @@ def test_can2_cancel_at_handoff_from_release_passes_connection_on(reset: bool) -
 def test_can2_cancel_at_handoff_single_waiter_returns_connection_to_idle() -> None:
     async def main() -> None:
         manager = AsyncFakeManager()
-        pool = new_pool(manager, max_size=1, check="never")
+        pool = new_apool(manager, max_size=1, check="never")
         c1 = await pool.acquire()
         got: list[FakeConnection] = []
 
@@ -178,7 +144,7 @@ def test_can2_cancel_at_handoff_single_waiter_returns_connection_to_idle() -> No
                 got.append(conn)
 
         w1 = asyncio.create_task(waiter())
-        await wait_until(lambda: pool.stats().waiting == 1)
+        await until(lambda: pool.stats().waiting == 1)
         await pool.release(c1)
         assert pool.stats().waiting == 0  # handed to w1
         assert pool.stats().idle == 0
@@ -212,7 +178,7 @@ def test_can2_cancel_at_handoff_of_a_fresh_connection() -> None:
                     seen.append(pool_ref.stats().waiting)
                     tasks["w1"].cancel()
 
-        pool_ref = pool = new_pool(
+        pool_ref = pool = new_apool(
             manager, max_size=1, check="never", listeners=[CancelFirstOnConnect()]
         )
         got: dict[str, FakeConnection] = {}
@@ -222,9 +188,9 @@ def test_can2_cancel_at_handoff_of_a_fresh_connection() -> None:
                 got[name] = conn
 
         tasks["w1"] = asyncio.create_task(waiter("w1"))
-        await wait_until(lambda: pool.stats().waiting == 1)
+        await until(lambda: pool.stats().waiting == 1)
         tasks["w2"] = asyncio.create_task(waiter("w2"))
-        await wait_until(lambda: pool.stats().waiting == 2)
+        await until(lambda: pool.stats().waiting == 2)
         assert pool.stats().connecting == 1  # max_size=1: one connect for both
         manager.behaviour.connect = "ok"
         manager.release_hangs()
@@ -249,7 +215,7 @@ def test_can3_wait_for_fires_while_connecting_keeps_the_connection() -> None:
     async def main() -> None:
         manager = AsyncFakeManager()
         manager.behaviour.connect_delay = 0.1
-        pool = new_pool(manager, max_size=2, check="never")
+        pool = new_apool(manager, max_size=2, check="never")
         with pytest.raises(TimeoutError) as info:
             await asyncio.wait_for(pool.acquire(), 0.02)
         assert not isinstance(info.value, PoolTimeout)
@@ -269,7 +235,7 @@ def test_can3_pool_timeout_while_connecting_keeps_the_connection() -> None:
     async def main() -> None:
         manager = AsyncFakeManager()
         manager.behaviour.connect_delay = 0.1
-        pool = new_pool(manager, max_size=2, check="never")
+        pool = new_apool(manager, max_size=2, check="never")
         with pytest.raises(PoolTimeout) as info:
             async with pool.acquire(timeout=0.02):
                 pass
@@ -286,14 +252,14 @@ def test_can3_task_cancelled_while_connecting() -> None:
     async def main() -> None:
         manager = AsyncFakeManager()
         manager.behaviour.connect_delay = 0.05
-        pool = new_pool(manager, max_size=1, check="never")
+        pool = new_apool(manager, max_size=1, check="never")
 
         async def borrower() -> None:
             async with pool.acquire(timeout=30):
                 raise AssertionError("must not be lent after cancellation")
 
         task = asyncio.create_task(borrower())
-        await wait_until(lambda: pool.stats().connecting == 1)
+        await until(lambda: pool.stats().connecting == 1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -312,7 +278,7 @@ def test_can3_random_budgets_leave_no_orphan_connection() -> None:
         rng = random.Random(3)
         manager = AsyncFakeManager()
         manager.behaviour.connect_delay = 0.004
-        pool = new_pool(manager, max_size=3, check="never")
+        pool = new_apool(manager, max_size=3, check="never")
         outcomes = {"ok": 0, "timeout": 0}
 
         async def one(budget: float) -> None:
@@ -345,7 +311,7 @@ def test_can3_random_budgets_leave_no_orphan_connection() -> None:
 def test_can6_cancel_during_reset_closes_the_connection() -> None:
     async def main() -> None:
         manager = AsyncFakeManager()
-        pool = new_pool(manager, max_size=1, check="never")
+        pool = new_apool(manager, max_size=1, check="never")
         manager.behaviour.reset_delay = 0.2
         lent: list[FakeConnection] = []
 
@@ -355,7 +321,7 @@ def test_can6_cancel_during_reset_closes_the_connection() -> None:
                 conn.dirty = True  # an open transaction the reset would roll back
 
         task = asyncio.create_task(borrower())
-        await wait_until(lambda: manager.calls["reset"] == 1)
+        await until(lambda: manager.calls["reset"] == 1)
         assert pool.stats().in_use == 1  # being reset counts as in use
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -377,7 +343,7 @@ def test_can6_cancel_during_reset_closes_the_connection() -> None:
 def test_can6_timeout_scope_expiring_during_reset() -> None:
     async def main() -> None:
         manager = AsyncFakeManager()
-        pool = new_pool(manager, max_size=2, check="never")
+        pool = new_apool(manager, max_size=2, check="never")
         manager.behaviour.reset_delay = 0.3
         lent: list[FakeConnection] = []
 
@@ -402,7 +368,7 @@ def test_can6_timeout_scope_expiring_during_reset() -> None:
 def test_can6_borrower_cancelled_mid_query_gives_back_a_reset_connection() -> None:
     async def main() -> None:
         manager = AsyncFakeManager()
-        pool = new_pool(manager, max_size=1, check="never")
+        pool = new_apool(manager, max_size=1, check="never")
         manager.behaviour.reset_delay = 0.01
         lent: list[FakeConnection] = []
 
@@ -413,7 +379,7 @@ def test_can6_borrower_cancelled_mid_query_gives_back_a_reset_connection() -> No
                 await asyncio.sleep(10)  # the "query"
 
         task = asyncio.create_task(borrower())
-        await wait_until(lambda: bool(lent))
+        await until(lambda: bool(lent))
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -435,7 +401,7 @@ def test_can6_borrower_cancelled_mid_query_gives_back_a_reset_connection() -> No
 def test_can7_cancel_during_check() -> None:
     async def main() -> None:
         manager = AsyncFakeManager()
-        pool = new_pool(manager, max_size=2, check="always")
+        pool = new_apool(manager, max_size=2, check="always")
         async with pool.acquire() as first:
             pass
         assert manager.calls["check"] == 1
@@ -446,7 +412,7 @@ def test_can7_cancel_during_check() -> None:
                 raise AssertionError("must not be lent after cancellation")
 
         task = asyncio.create_task(borrower())
-        await wait_until(lambda: manager.calls["check"] == 2)
+        await until(lambda: manager.calls["check"] == 2)
         started = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -470,7 +436,7 @@ def test_can7_cancel_during_check() -> None:
 def test_can7_deadline_during_check(how: str) -> None:
     async def main() -> None:
         manager = AsyncFakeManager()
-        pool = new_pool(manager, max_size=1, check="always")
+        pool = new_apool(manager, max_size=1, check="always")
         async with pool.acquire():
             pass
         manager.behaviour.check_delay = 2.0
@@ -511,7 +477,7 @@ def test_can7_deadline_during_check(how: str) -> None:
 def test_asyncio_deadline_around_a_queued_acquire(how: str) -> None:
     async def main() -> None:
         manager = AsyncFakeManager()
-        pool = new_pool(manager, max_size=1, check="never")
+        pool = new_apool(manager, max_size=1, check="never")
         held = await pool.acquire()
 
         async def attempt() -> None:
@@ -544,14 +510,14 @@ def test_cancelled_waiter_while_closing_pool_does_not_hang_close() -> None:
 
     async def main() -> None:
         manager = AsyncFakeManager()
-        pool = new_pool(manager, max_size=1, check="never")
+        pool = new_apool(manager, max_size=1, check="never")
         held = await pool.acquire()
 
         async def get() -> FakeConnection:
             return await pool.acquire(timeout=5.0)
 
         task = asyncio.create_task(get())
-        await wait_until(lambda: pool.stats().waiting == 1)
+        await until(lambda: pool.stats().waiting == 1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -657,7 +623,7 @@ def test_fuzz_random_cancellations_keep_capacity(check: str) -> None:
     async def main() -> None:
         rng = random.Random(20261121 if check == "always" else 7)
         manager = AsyncFakeManager()
-        pool = new_pool(manager, max_size=4, check=check)
+        pool = new_apool(manager, max_size=4, check=check)
         in_use: set[int] = set()
         outcomes = {"ok": 0, "cancelled": 0, "pool_timeout": 0, "timeout": 0}
         for _ in range(5):

@@ -5,29 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from fakes import AsyncFakeManager, FakeConnection, FakeManager, settle_sync
+from fakes import AsyncFakeManager, FakeConnection, FakeManager, settle_sync, until, until_sync
 from tidepool import AsyncPool, Pool, PoolClosed, PoolTimeout
 
 # ---------------------------------------------------------------- helpers
-
-
-async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
-
-
-def until_sync(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 def pool_tasks(name: str) -> list[asyncio.Task[Any]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fakes import FakeConnection, FakeManager, settle_sync
+from fakes import FakeConnection, FakeManager, settle_sync, until_sync
 from tidepool import Pool
 
 
@@ -38,13 +38,6 @@ class TouchLog(FakeManager):
     def close(self, conn: FakeConnection) -> None:
         self.touched.append(("close", conn.id))
         super().close(conn)
-
-
-def until_sync(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 def no_worker_threads(name: str) -> bool:

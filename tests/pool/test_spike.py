@@ -10,71 +10,26 @@ connections."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import statistics
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from collections.abc import Callable
 
-import pytest
-
-from fakes import AsyncFakeManager, FakeConnection, FakeManager, settle, settle_sync
+from fakes import (
+    AsyncFakeManager,
+    FakeConnection,
+    FakeManager,
+    new_apool,
+    new_spool,
+    run,
+    settle,
+    settle_sync,
+    until,
+)
 from tidepool import AsyncPool, Pool
 
 APool = AsyncPool[FakeConnection]
 SPool = Pool[FakeConnection]
-
-
-_created_async: list[APool] = []
-_created_sync: list[SPool] = []
-
-
-def new_apool(manager: AsyncFakeManager, **options: Any) -> APool:
-    """A pool that ``run()`` closes even when the scenario fails half-way (an unclosed pool
-    would raise a ResourceWarning in whichever later test collects it)."""
-    pool = APool(manager, **options)
-    _created_async.append(pool)
-    return pool
-
-
-def new_spool(manager: FakeManager, **options: Any) -> SPool:
-    """A pool that the autouse fixture closes even when the test fails half-way."""
-    pool = SPool(manager, **options)
-    _created_sync.append(pool)
-    return pool
-
-
-@pytest.fixture(autouse=True)
-def _close_leftover_pools() -> Iterator[None]:
-    yield
-    pools = list(_created_sync)
-    _created_sync.clear()
-    for pool in pools:
-        with contextlib.suppress(Exception):
-            pool.close(timeout=1)
-
-
-def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    async def scenario() -> None:
-        try:
-            await main()
-        finally:
-            pools = list(_created_async)
-            _created_async.clear()
-            for pool in pools:
-                with contextlib.suppress(Exception):
-                    await pool.aclose(timeout=1)
-
-    asyncio.run(scenario())
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.001)
 
 
 def wait_until_sync(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -288,7 +243,7 @@ def test_async_load4_no_barging_past_queued_waiters() -> None:
         tasks = []
         for i, name in enumerate("ABC"):
             tasks.append(asyncio.create_task(waiter(name)))
-            await wait_until(lambda i=i: pool.stats().waiting == i + 1)  # type: ignore[misc]
+            await until(lambda i=i: pool.stats().waiting == i + 1)  # type: ignore[misc]
 
         await pool.release(held)
         # Released while A, B, C wait: it went to A, not to whoever asks next.

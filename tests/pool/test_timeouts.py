@@ -10,7 +10,6 @@ here is about speed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import math
@@ -18,12 +17,23 @@ import re
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from fakes import AsyncFakeManager, FakeConnection, FakeError, FakeManager, settle, settle_sync
+from fakes import (
+    AsyncFakeManager,
+    FakeConnection,
+    FakeError,
+    FakeManager,
+    new_apool,
+    new_spool,
+    run,
+    settle,
+    settle_sync,
+    until,
+)
 from tidepool import (
     AsyncPool,
     ConfigError,
@@ -39,61 +49,10 @@ SPool = Pool[FakeConnection]
 SLACK = 0.15  # the most a deadline may be late, per the brief (TMO-1 asks for 0.1 s)
 
 
-_created_async: list[APool] = []
-_created_sync: list[SPool] = []
-
-
-def new_apool(manager: AsyncFakeManager, **options: Any) -> APool:
-    """A pool that ``run()`` closes even when the scenario fails half-way (an unclosed pool
-    would raise a ResourceWarning in whichever later test collects it)."""
-    pool = APool(manager, **options)
-    _created_async.append(pool)
-    return pool
-
-
-def new_spool(manager: FakeManager, **options: Any) -> SPool:
-    """A pool that the autouse fixture closes even when the test fails half-way."""
-    pool = SPool(manager, **options)
-    _created_sync.append(pool)
-    return pool
-
-
-@pytest.fixture(autouse=True)
-def _close_leftover_pools() -> Iterator[None]:
-    yield
-    pools = list(_created_sync)
-    _created_sync.clear()
-    for pool in pools:
-        with contextlib.suppress(Exception):
-            pool.close(timeout=1)
-
-
-def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    async def scenario() -> None:
-        try:
-            await main()
-        finally:
-            pools = list(_created_async)
-            _created_async.clear()
-            for pool in pools:
-                with contextlib.suppress(Exception):
-                    await pool.aclose(timeout=1)
-
-    asyncio.run(scenario())
-
-
 def assert_on_time(elapsed: float, timeout: float, slack: float = SLACK) -> None:
     """Never early (the measured span encloses the pool's own), and at most ``slack`` late."""
     assert elapsed >= timeout - 1e-6, f"fired early: {elapsed:.4f} s < {timeout} s"
     assert elapsed <= timeout + slack, f"fired late: {elapsed:.4f} s > {timeout} + {slack} s"
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.001)
 
 
 def wait_until_sync(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -561,7 +520,7 @@ def test_async_load3_max_waiting_counts_live_waiters_only() -> None:
 
         # 5 live waiters: the 6th is refused at once.
         live = [asyncio.create_task(timed_async(pool, timeout=10)) for _ in range(5)]
-        await wait_until(lambda: pool.stats().waiting == 5)
+        await until(lambda: pool.stats().waiting == 5)
         error, elapsed = await timed_async(pool, timeout=10)
         assert isinstance(error, TooManyWaiters), error
         assert elapsed < 1.0

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack, overload
 from .._core.entry import Entry, Site
 from .._core.flows import CALL, WAIT, Flow
 from .._core.waiter import Waiter
-from .._pool_base import _DEFAULT, PoolBase, PoolOptions, close_timeout, fresh_error, warn_unclosed
+from .._pool_base import (
+    _DEFAULT,
+    LeaseBase,
+    PoolBase,
+    PoolOptions,
+    close_timeout,
+    fresh_error,
+    warn_unclosed,
+)
 from ..manager import AsyncManager
 
 __all__ = ["AsyncLease", "AsyncPool"]
@@ -111,32 +119,25 @@ def _advance(flow: Flow[Any], send: Any, error: BaseException | None) -> tuple[A
             error = exc
 
 
-class AsyncLease(Generic[C]):
+class AsyncLease(LeaseBase[C]):
     """What ``AsyncPool.acquire()`` returns: ``async with`` it to borrow a connection (it
     goes back on exit, also on error or cancellation), or ``await`` it to get the connection
     and give it back yourself with ``await pool.release(conn)``."""
 
-    __slots__ = ("_conn", "_entry", "_pool", "_site", "_timeout")
-
-    def __init__(self, pool: AsyncPool[C], timeout: float | None, site: Site) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._site = site
-        self._entry: Entry[C] | None = None
-        self._conn: C | None = None
+    __slots__ = ()
+    _pool: AsyncPool[C]
 
     def __await__(self) -> Generator[Any, Any, C]:
         return self._pool._acquire(self._timeout, self._site).__await__()
 
     async def __aenter__(self) -> C:
-        if self._entry is not None:  # from try_acquire(): already lent
-            return self._conn  # type: ignore[return-value]
-        pool = self._pool
-        lent = pool.lend_idle(self._site)
-        if lent is None:
-            lent = await pool._drive(pool._slow_acquire(self._timeout, self._site))
-        self._entry, self._conn = lent
-        return lent[1]
+        if self._entry is None:  # (try_acquire() built it holding its connection)
+            pool = self._pool
+            lent = pool.lend_idle(self._site)
+            if lent is None:
+                lent = await pool._drive(pool._slow_acquire(self._timeout, self._site))
+            self._entry, self._conn = lent
+        return self._conn  # type: ignore[return-value]
 
     async def __aexit__(
         self,
@@ -144,15 +145,9 @@ class AsyncLease(Generic[C]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        entry, conn = self._entry, self._conn
-        if entry is None:
-            return
-        self._entry = self._conn = None
-        pool = self._pool
-        flow = pool.release_flow(entry, conn)  # type: ignore[arg-type]
-        op, pending = _advance(flow, None, None)
-        if op is not _DONE:
-            await pool._drive(flow, op, pending)
+        held = self._take()
+        if held is not None:
+            await self._pool._give_back(*held)
 
 
 class AsyncPool(PoolBase[C]):
@@ -315,9 +310,7 @@ class AsyncPool(PoolBase[C]):
         lent = self.lend_idle(self._site(1))
         if lent is None:
             return None
-        lease = AsyncLease(self, 0.0, None)
-        lease._entry, lease._conn = lent
-        return lease
+        return AsyncLease(self, 0.0, None, lent)
 
     async def release(self, conn: C) -> None:
         """Give back a connection obtained with ``conn = await pool.acquire()``.
@@ -328,7 +321,13 @@ class AsyncPool(PoolBase[C]):
         """
         entry = self._entry_to_release(conn)
         if entry is not None:
-            await self._drive(self.release_flow(entry, conn))
+            await self._give_back(entry, conn)
+
+    async def _give_back(self, entry: Entry[C], conn: C) -> None:
+        flow = self.release_flow(entry, conn)
+        op, pending = _advance(flow, None, None)
+        if op is not _DONE:  # the reset really waits: finish it within its bound
+            await self._drive(flow, op, pending)
 
     async def _acquire(self, timeout: float | None, site: Site) -> C:
         lent = self.lend_idle(site)

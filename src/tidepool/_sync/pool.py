@@ -10,12 +10,20 @@ import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
 from .._core.entry import Entry, Site
 from .._core.flows import CALL, WAIT, Flow
 from .._core.waiter import Waiter
-from .._pool_base import _DEFAULT, PoolBase, PoolOptions, close_timeout, fresh_error, warn_unclosed
+from .._pool_base import (
+    _DEFAULT,
+    LeaseBase,
+    PoolBase,
+    PoolOptions,
+    close_timeout,
+    fresh_error,
+    warn_unclosed,
+)
 from ..manager import Manager
 
 __all__ = ["Lease", "Pool"]
@@ -42,28 +50,21 @@ class _LockWaiter(Waiter):
         return True
 
 
-class Lease(Generic[C]):
+class Lease(LeaseBase[C]):
     """What ``Pool.acquire()`` returns: ``with`` it to borrow a connection (it goes back on
     exit, also on error)."""
 
-    __slots__ = ("_conn", "_entry", "_pool", "_site", "_timeout")
-
-    def __init__(self, pool: Pool[C], timeout: float | None, site: Site) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._site = site
-        self._entry: Entry[C] | None = None
-        self._conn: C | None = None
+    __slots__ = ()
+    _pool: Pool[C]
 
     def __enter__(self) -> C:
-        if self._entry is not None:  # from try_acquire(): already lent
-            return self._conn  # type: ignore[return-value]
-        pool = self._pool
-        lent = pool.lend_idle(self._site)
-        if lent is None:
-            lent = pool._drive(pool._slow_acquire(self._timeout, self._site))
-        self._entry, self._conn = lent
-        return lent[1]
+        if self._entry is None:  # (try_acquire() built it holding its connection)
+            pool = self._pool
+            lent = pool.lend_idle(self._site)
+            if lent is None:
+                lent = pool._drive(pool._slow_acquire(self._timeout, self._site))
+            self._entry, self._conn = lent
+        return self._conn  # type: ignore[return-value]
 
     def __exit__(
         self,
@@ -71,12 +72,9 @@ class Lease(Generic[C]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        entry, conn = self._entry, self._conn
-        if entry is None:
-            return
-        self._entry = self._conn = None
-        pool = self._pool
-        pool._drive(pool.release_flow(entry, conn))  # type: ignore[arg-type]
+        held = self._take()
+        if held is not None:
+            self._pool._drive(self._pool.release_flow(*held))
 
 
 class Pool(PoolBase[C]):
@@ -234,9 +232,7 @@ class Pool(PoolBase[C]):
         lent = self.lend_idle(self._site(1))
         if lent is None:
             return None
-        lease = Lease(self, 0.0, None)
-        lease._entry, lease._conn = lent
-        return lease
+        return Lease(self, 0.0, None, lent)
 
     def release(self, conn: C) -> None:
         """Give back a connection obtained with :meth:`getconn`.
