@@ -103,7 +103,7 @@ class Options:
     leak_timeout: float | None = None
     name: str | None = None
     on_connect: Callable[[Any], Any] | None = None
-    connect_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    connect_kwargs: Mapping[str, Any] | Callable[[], Any] = field(default_factory=dict)
     listeners: Sequence[Any] = ()
 
     def __post_init__(self) -> None:
@@ -166,12 +166,13 @@ class Options:
                 f"on_connect must be a callable taking the new connection, "
                 f"got {_type_name(self.on_connect)} {self.on_connect!r}"
             )
-        if not isinstance(self.connect_kwargs, Mapping):
+        if isinstance(self.connect_kwargs, Mapping):
+            set_(self, "connect_kwargs", MappingProxyType(dict(self.connect_kwargs)))
+        elif not callable(self.connect_kwargs):
             raise TypeError(
-                f"connect_kwargs must be a mapping of driver keyword arguments, "
-                f"got {_type_name(self.connect_kwargs)}"
+                f"connect_kwargs must be a mapping of driver keyword arguments (or a callable "
+                f"returning one, evaluated per connection), got {_type_name(self.connect_kwargs)}"
             )
-        set_(self, "connect_kwargs", MappingProxyType(dict(self.connect_kwargs)))
         if isinstance(self.listeners, (str, bytes)) or not isinstance(self.listeners, Sequence):
             raise TypeError(
                 f"listeners must be a sequence of listener objects, "
@@ -198,7 +199,9 @@ class Options:
             if f.name != "connect_kwargs"
         )
         # Driver keyword arguments may hold a password: show only their names.
-        return f"Options({shown}, connect_kwargs=<{', '.join(sorted(self.connect_kwargs))}>)"
+        kwargs = self.connect_kwargs
+        names = ", ".join(sorted(kwargs)) if isinstance(kwargs, Mapping) else "callable"
+        return f"Options({shown}, connect_kwargs=<{names}>)"
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Options))

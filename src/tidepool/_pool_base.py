@@ -47,7 +47,7 @@ class PoolOptions(TypedDict, total=False):
     leak_timeout: float | None
     name: str | None
     on_connect: Callable[[Any], Any] | None
-    connect_kwargs: Mapping[str, Any]
+    connect_kwargs: Mapping[str, Any] | Callable[[], Any]
     listeners: Sequence[Any]
 
 
@@ -185,6 +185,7 @@ class PoolBase(Flows[C]):
         self._m_reset = manager.reset
         self._m_close = manager.close
         self._m_is_broken = manager.is_broken
+        self._m_is_disconnect = getattr(manager, "is_disconnect", None)
         self._opened = False
         self._pid = os.getpid()
         _live_pools.add(self)

@@ -24,6 +24,12 @@ Contract of each method:
 
 Optional methods a manager may add:
 
+``is_disconnect(conn, error)``
+    Cheap, no I/O: ``True`` when ``conn`` was lost to a server-side disconnect (server
+    restart, failover, terminated backend); ``error`` is the exception of a failed check or
+    reset, or ``None`` when the connection came back broken. The pool then retires every
+    connection created before it, so a restart costs one failed request, not one per stale
+    connection.
 ``dispose()``
     Called once after the pool has closed every connection (release manager-wide resources).
 

@@ -367,6 +367,18 @@ class AsyncPool(PoolBase[C]):
         """Run a query; return the first column of its first row, or ``None``."""
         return await self._drive(self._execute("fetch_value", (sql, args)))
 
+    async def copy_records(
+        self,
+        table: str,
+        records: Iterable[Sequence[Any]],
+        columns: Sequence[str] | None = None,
+    ) -> int:
+        """Bulk-load ``records`` into ``table`` (``name`` or ``schema.name``) with
+        PostgreSQL's ``COPY``, on one connection; return the number of rows copied.
+        ``columns`` names the columns the records fill (default: all, in order)."""
+        copied: int = await self._drive(self._execute("copy_records", (table, records, columns)))
+        return copied
+
     @asynccontextmanager
     async def transaction(self, **options: Any) -> AsyncIterator[C]:
         """Borrow a connection inside a transaction: committed when the block succeeds,

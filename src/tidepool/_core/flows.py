@@ -64,6 +64,7 @@ class Flows(Generic[C]):
     _m_reset: Callable[[C], Any]
     _m_close: Callable[[C], Any]
     _m_is_broken: Callable[[C], bool]
+    _m_is_disconnect: Callable[[C, BaseException | None], bool] | None
 
     # ------------------------------------------------------------ shell hooks
 
@@ -126,6 +127,8 @@ class Flows(Generic[C]):
                     yield (CALL, self._m_check, (conn,), budget)
                 except BaseException as exc:
                     state.discard(entry, check_failed=isinstance(exc, Exception))
+                    if isinstance(exc, Exception):
+                        self._note_disconnect(entry, conn, exc)
                     self.kick()
                     if not isinstance(exc, Exception):
                         raise
@@ -202,12 +205,15 @@ class Flows(Generic[C]):
         try:
             if self._m_is_broken(conn):
                 state.give_back(entry, monotonic(), reusable=False)
+                self._note_disconnect(entry, conn, None)
                 self.kick()
                 return
             if keep and self._reset_enabled:
                 yield (CALL, self._m_reset, (conn,), self._connect_timeout)
         except BaseException as exc:
             state.discard(entry, reset_failed=isinstance(exc, Exception))
+            if isinstance(exc, Exception):
+                self._note_disconnect(entry, conn, exc)
             self.kick()
             if not isinstance(exc, Exception):
                 raise
@@ -219,6 +225,28 @@ class Flows(Generic[C]):
             return
         state.give_back(entry, monotonic(), reusable=True)
         self.kick()
+
+    def _note_disconnect(self, entry: Entry[C], conn: Any, error: BaseException | None) -> None:
+        """If the manager says ``conn`` was lost to a server-side disconnect, retire every
+        connection created before it: after a restart they are all dead, and finding that
+        out one failed request at a time is what this avoids."""
+        is_disconnect = self._m_is_disconnect
+        if is_disconnect is None:
+            return
+        try:
+            lost = is_disconnect(conn, error)
+        except Exception:
+            log.exception("pool %r: is_disconnect() failed", self._state.name)
+            return
+        if lost:
+            retired = self._state.invalidate_older(entry)
+            log.info(
+                "pool %r: connection #%d was lost to a disconnect; retiring %d older idle "
+                "connection(s) now and older lent ones on return",
+                self._state.name,
+                entry.id,
+                retired,
+            )
 
     # ------------------------------------------------------------ executor
 

@@ -548,6 +548,26 @@ class PoolState(Generic[C]):
             self._maybe_drained()
             return taken
 
+    def invalidate_older(self, entry: Entry[C]) -> int:
+        """``entry`` was lost to a server-side disconnect (restart, failover, terminated
+        backend): every connection created no later than it is suspect. Idle ones are retired
+        now, lent and busy ones when they come back. Returns how many were retired now."""
+        cutoff = entry.created
+        with self.lock:
+            kept: deque[Entry[C]] = deque()
+            retired = 0
+            for idle in self.idle:
+                if idle.created <= cutoff:
+                    self._retire(idle, "stale")
+                    retired += 1
+                else:
+                    kept.append(idle)
+            self.idle = kept
+            for lent in self.lent.values():
+                if lent.created <= cutoff:
+                    lent.generation = -1  # keeps() now refuses it
+            return retired
+
     def expire(self) -> None:
         """Retire every current connection as soon as it is idle (new generation)."""
         with self.lock:

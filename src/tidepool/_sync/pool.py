@@ -276,6 +276,18 @@ class Pool(PoolBase[C]):
         """Run a query; return the first column of its first row, or ``None``."""
         return self._drive(self._execute("fetch_value", (sql, args)))
 
+    def copy_records(
+        self,
+        table: str,
+        records: Iterable[Sequence[Any]],
+        columns: Sequence[str] | None = None,
+    ) -> int:
+        """Bulk-load ``records`` into ``table`` (``name`` or ``schema.name``) with
+        PostgreSQL's ``COPY``, on one connection; return the number of rows copied.
+        ``columns`` names the columns the records fill (default: all, in order)."""
+        copied: int = self._drive(self._execute("copy_records", (table, records, columns)))
+        return copied
+
     @contextmanager
     def transaction(self, **options: Any) -> Iterator[C]:
         """Borrow a connection inside a transaction: committed when the block succeeds,

@@ -10,7 +10,7 @@ from ..errors import ConfigError
 
 __all__ = ["resolve"]
 
-_SUPPORTED = "sqlite:// (built in)"
+_SUPPORTED = "sqlite:// (built in), postgresql:// and postgres:// (tidepool[postgres])"
 
 
 def resolve(url: str, flavor: Literal["async", "sync"], options: Options) -> tuple[Any, str]:
@@ -27,11 +27,49 @@ def resolve(url: str, flavor: Literal["async", "sync"], options: Options) -> tup
         target = sqlite.SQLiteTarget.from_url(url)
         manager: Any
         if flavor == "async":
-            manager = sqlite.AsyncSQLiteManager(target, **options.connect_kwargs)
+            manager = sqlite.AsyncSQLiteManager(target, **_mapping(options))
         else:
-            manager = sqlite.SQLiteManager(target, **options.connect_kwargs)
+            manager = sqlite.SQLiteManager(target, **_mapping(options))
         return manager, target.display
+    if base in ("postgresql", "postgres"):
+        return _postgres(url, flavor, options)
     raise ConfigError(
         f"unsupported database URL scheme {scheme or '(none)'!r} in {redact_url(url)!r}; "
         f"supported: {_SUPPORTED}"
     )
+
+
+def _mapping(options: Options) -> dict[str, Any]:
+    kwargs = options.connect_kwargs
+    if callable(kwargs):
+        raise ConfigError("SQLite takes connect_kwargs as a mapping, not a callable")
+    return dict(kwargs)
+
+
+def _postgres(url: str, flavor: Literal["async", "sync"], options: Options) -> tuple[Any, str]:
+    from ._pg import PGTarget
+
+    target = PGTarget.from_url(url)
+    driver = target.driver or ("asyncpg" if flavor == "async" else "psycopg")
+    if driver == "asyncpg" and flavor == "sync":
+        raise ConfigError(
+            f"asyncpg is async-only: use AsyncPool for {target.display!r}, or "
+            "postgresql+psycopg:// with Pool"
+        )
+    kwargs: dict[str, Any] = {
+        "connect_timeout": options.connect_timeout,
+        "connect_kwargs": options.connect_kwargs,
+    }
+    try:
+        if driver == "asyncpg":
+            from .pg_asyncpg import AsyncpgManager
+
+            return AsyncpgManager(target, **kwargs), target.display
+        from .pg_psycopg import AsyncPsycopgManager, PsycopgManager
+
+        manager_class = AsyncPsycopgManager if flavor == "async" else PsycopgManager
+        return manager_class(target, **kwargs), target.display
+    except ImportError as exc:
+        raise ConfigError(
+            f"the PostgreSQL driver {driver} is not installed: pip install 'tidepool[postgres]'"
+        ) from exc

@@ -1,0 +1,238 @@
+"""PostgreSQL through asyncpg, for ``AsyncPool`` (the default for ``postgresql://``).
+
+Lends ``asyncpg.Connection`` objects. On return the session is reset in one round trip
+(rollback, then role, settings, temp tables, advisory locks, LISTEN, cursors, SQL-level
+prepared statements), keeping asyncpg's own statement cache. Behind PgBouncer in transaction
+mode (``?pgbouncer=true``) the statement cache is off and the reset is a rollback only.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import asyncpg
+
+from ..errors import ConfigError, ConnectError
+from ._pg import (
+    RESET_SQL,
+    TRANSIENT_CONNECT_SQLSTATES,
+    PGTarget,
+    begin_sql,
+    is_disconnect_sqlstate,
+    resolve_credentials,
+)
+
+__all__ = ["AsyncpgManager"]
+
+# libpq parameters asyncpg does not understand (it would send them to the server as settings).
+_UNSUPPORTED = (
+    "hostaddr",
+    "channel_binding",
+    "client_encoding",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "sslcompression",
+    "sslcrldir",
+    "sslsni",
+    "requirepeer",
+    "gssencmode",
+    "service",
+    "load_balance_hosts",
+)
+_DSN_PARAMS = (
+    "sslmode",
+    "sslcert",
+    "sslkey",
+    "sslrootcert",
+    "sslcrl",
+    "sslpassword",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "target_session_attrs",
+    "krbsrvname",
+    "gsslib",
+    "passfile",
+)
+
+
+class _ResettingConnection(asyncpg.Connection):  # type: ignore[misc]
+    """asyncpg's connection whose ``reset()`` (rollback, listeners dropped) also runs
+    tidepool's full session reset."""
+
+    _tidepool_reset_sql = RESET_SQL
+
+    def get_reset_query(self) -> str:
+        return self._tidepool_reset_sql
+
+
+class _BouncerConnection(_ResettingConnection):
+    # Transaction mode: session state does not survive a transaction anyway, and session
+    # commands would land on whichever server connection PgBouncer picks.
+    _tidepool_reset_sql = ""
+
+
+class AsyncpgManager:
+    """Async manager and executor for asyncpg.
+
+    Args:
+        target: a ``postgresql://`` URL or a parsed :class:`PGTarget`.
+        connect_timeout: bound (s) on one connect, and on closing a connection.
+        pgbouncer: work behind PgBouncer in transaction mode (also ``?pgbouncer=true``).
+        **connect_kwargs: passed to ``asyncpg.connect`` (``ssl=SSLContext``,
+            ``server_settings``, ...); ``password`` may be a sync or async callable, and the
+            whole set may be given as one callable returning it (evaluated per connection).
+    """
+
+    def __init__(
+        self,
+        target: PGTarget | str,
+        *,
+        connect_timeout: float = 10.0,
+        pgbouncer: bool | None = None,
+        connect_kwargs: Any = None,
+    ) -> None:
+        self.target = PGTarget.from_url(target) if isinstance(target, str) else target
+        unsupported = sorted(set(self.target.params) & set(_UNSUPPORTED))
+        if unsupported:
+            raise ConfigError(
+                f"asyncpg does not support the connection parameter(s) "
+                f"{', '.join(unsupported)} (in {self.target.display!r}); use "
+                "postgresql+psycopg:// or drop them"
+            )
+        self.pgbouncer = self.target.pgbouncer if pgbouncer is None else pgbouncer
+        self._connect_timeout = connect_timeout
+        self._close_timeout = min(connect_timeout, 5.0)
+        self._connect_kwargs = connect_kwargs if connect_kwargs is not None else {}
+        params = self.target.params
+        query = {k: params[k] for k in _DSN_PARAMS if k in params}
+        settings = {k: params[k] for k in ("application_name", "options") if k in params}
+        self._dsn = "postgresql://" + (f"?{urlencode(query, quote_via=quote)}" if query else "")
+        self._base: dict[str, Any] = {}
+        if self.target.hosts:
+            self._base["host"] = self.target.hosts
+        if self.target.ports:
+            self._base["port"] = self.target.ports
+        if "user" in params:
+            self._base["user"] = params["user"]
+        if "dbname" in params:
+            self._base["database"] = params["dbname"]
+        if settings:
+            self._base["server_settings"] = settings
+        if "connect_timeout" in params and int(params["connect_timeout"]) > 0:
+            self._connect_timeout = min(connect_timeout, float(params["connect_timeout"]))
+
+    async def connect(self) -> asyncpg.Connection:
+        kwargs: dict[str, Any] = dict(self._base)
+        if self.target.password is not None:
+            kwargs["password"] = self.target.password.value
+        user_kwargs = await resolve_credentials(self._connect_kwargs)
+        settings = {**kwargs.get("server_settings", {}), **user_kwargs.pop("server_settings", {})}
+        kwargs.update(user_kwargs)
+        if settings:
+            kwargs["server_settings"] = settings
+        base_class = kwargs.pop("connection_class", asyncpg.Connection)
+        reset_class: type[Any] = _BouncerConnection if self.pgbouncer else _ResettingConnection
+        if base_class is not asyncpg.Connection:
+            reset_class = type(f"Tidepool{base_class.__name__}", (reset_class, base_class), {})
+        if self.pgbouncer:
+            kwargs.setdefault("statement_cache_size", 0)
+        try:
+            conn: asyncpg.Connection = await asyncpg.connect(
+                self._dsn,
+                timeout=self._connect_timeout,
+                connection_class=reset_class,
+                **kwargs,
+            )
+        except Exception as exc:
+            raise _classify(exc) from exc
+        return conn
+
+    async def check(self, conn: asyncpg.Connection) -> None:
+        await conn.execute("SELECT 1")
+
+    async def reset(self, conn: asyncpg.Connection) -> None:
+        if conn.is_in_transaction():
+            # Roll back first: asyncpg's reset() would report this as an asyncio error.
+            await conn.execute("ROLLBACK")
+        await conn.reset()
+
+    async def close(self, conn: asyncpg.Connection) -> None:
+        # A graceful close waits for the server; past the bound asyncpg aborts the socket.
+        await conn.close(timeout=self._close_timeout)
+
+    def is_broken(self, conn: asyncpg.Connection) -> bool:
+        return bool(conn.is_closed())
+
+    def is_disconnect(self, conn: asyncpg.Connection, error: BaseException | None) -> bool:
+        if error is None:
+            return bool(conn.is_closed())
+        if isinstance(error, (OSError, asyncpg.ConnectionDoesNotExistError)):
+            return True
+        return is_disconnect_sqlstate(getattr(error, "sqlstate", None))
+
+    # ------------------------------------------------------------ executor
+
+    async def execute(self, conn: asyncpg.Connection, sql: str, args: Sequence[Any]) -> str:
+        status: str = await conn.execute(sql, *args)
+        return status
+
+    async def executemany(
+        self, conn: asyncpg.Connection, sql: str, rows: Iterable[Sequence[Any]]
+    ) -> None:
+        await conn.executemany(sql, rows)
+
+    async def fetch_all(self, conn: asyncpg.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
+        rows: list[Any] = await conn.fetch(sql, *args)
+        return rows
+
+    async def fetch_one(self, conn: asyncpg.Connection, sql: str, args: Sequence[Any]) -> Any:
+        return await conn.fetchrow(sql, *args)
+
+    async def fetch_value(self, conn: asyncpg.Connection, sql: str, args: Sequence[Any]) -> Any:
+        return await conn.fetchval(sql, *args)
+
+    async def begin(
+        self,
+        conn: asyncpg.Connection,
+        isolation: str | None = None,
+        readonly: bool = False,
+        deferrable: bool = False,
+    ) -> None:
+        await conn.execute(begin_sql(isolation, readonly, deferrable))
+
+    async def commit(self, conn: asyncpg.Connection) -> None:
+        await conn.execute("COMMIT")
+
+    async def rollback(self, conn: asyncpg.Connection) -> None:
+        await conn.execute("ROLLBACK")
+
+    async def copy_records(
+        self,
+        conn: asyncpg.Connection,
+        table: str,
+        records: Iterable[Sequence[Any]],
+        columns: Sequence[str] | None = None,
+    ) -> int:
+        schema, _, name = table.rpartition(".")
+        status: str = await conn.copy_records_to_table(
+            name, schema_name=schema or None, records=records, columns=columns
+        )
+        return int(status.rsplit(" ", 1)[-1])
+
+
+def _classify(exc: Exception) -> Exception:
+    """Permanent connect failures become ``ConnectError``; the rest are retried."""
+    if isinstance(exc, asyncpg.PostgresError):
+        if exc.sqlstate in TRANSIENT_CONNECT_SQLSTATES:
+            return exc  # type: ignore[no-any-return]
+        return ConnectError(f"PostgreSQL refused the connection: {exc}")
+    if isinstance(exc, (ssl.SSLCertVerificationError, asyncpg.ClientConfigurationError)):
+        return ConnectError(f"cannot connect to PostgreSQL: {exc}")
+    return exc

@@ -1,0 +1,342 @@
+"""PostgreSQL through psycopg 3: ``Pool`` by default, ``AsyncPool`` with
+``postgresql+psycopg://``.
+
+Lends ``psycopg.Connection`` / ``psycopg.AsyncConnection`` objects in autocommit mode (a
+statement outside a transaction commits at once; use ``pool.transaction()``). On return an
+open transaction is rolled back and the session reset in one round trip, keeping psycopg's
+prepared statements. A connection returned mid-query (ACTIVE) is closed, never lent again.
+In ``Pool`` the check and the reset are bounded by ``connect_timeout`` even against a stalled
+server: they drive libpq directly with a deadline.
+"""
+
+from __future__ import annotations
+
+import math
+import select
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import pq, sql
+
+from ..errors import ConnectError
+from ._pg import (
+    RESET_SQL,
+    TRANSIENT_CONNECT_SQLSTATES,
+    PGTarget,
+    begin_sql,
+    is_disconnect_sqlstate,
+    resolve_credentials,
+    resolve_credentials_sync,
+)
+
+__all__ = ["AsyncPsycopgManager", "PsycopgManager"]
+
+_IDLE = pq.TransactionStatus.IDLE
+_IN_TRANSACTION = (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR)
+
+
+class _PsycopgCommon:
+    """Connection arguments, error classes and checks shared by both flavours."""
+
+    def __init__(
+        self,
+        target: PGTarget | str,
+        *,
+        connect_timeout: float = 10.0,
+        pgbouncer: bool | None = None,
+        connect_kwargs: Any = None,
+    ) -> None:
+        self.target = PGTarget.from_url(target) if isinstance(target, str) else target
+        self.pgbouncer = self.target.pgbouncer if pgbouncer is None else pgbouncer
+        self._timeout = connect_timeout
+        self._connect_kwargs = connect_kwargs if connect_kwargs is not None else {}
+        base: dict[str, Any] = dict(self.target.params)
+        # libpq's connect_timeout is whole seconds per host, at least 2.
+        base.setdefault("connect_timeout", str(max(2, math.ceil(connect_timeout))))
+        if self.target.password is not None:
+            base["password"] = self.target.password.value
+        base["autocommit"] = True
+        if self.pgbouncer:
+            base["prepare_threshold"] = None  # no server-side prepared statements
+        self._base = base
+        self._reset_sql = "" if self.pgbouncer else RESET_SQL
+
+    def _kwargs(self, resolved: dict[str, Any]) -> dict[str, Any]:
+        return {**self._base, **resolved}
+
+    def is_broken(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+        return bool(conn.closed or conn.broken)
+
+    def is_disconnect(
+        self,
+        conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+        error: BaseException | None,
+    ) -> bool:
+        if error is None:
+            return bool(conn.broken)
+        if isinstance(error, OSError):
+            return True
+        if isinstance(error, psycopg.OperationalError) and conn.broken:
+            return True
+        return is_disconnect_sqlstate(getattr(error, "sqlstate", None))
+
+    @staticmethod
+    def _forget_notifications(
+        conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+    ) -> None:
+        # UNLISTEN * stops new notifications; drop those already received and the Python-level
+        # handlers, so the next borrower hears nothing meant for the last one.
+        while conn.pgconn.notifies() is not None:
+            pass
+        handlers = getattr(conn, "_notify_handlers", None)
+        if isinstance(handlers, list):
+            handlers.clear()
+
+    @staticmethod
+    def _copy_statement(table: str, columns: Sequence[str] | None) -> sql.Composed:
+        target = sql.Identifier(*table.split("."))
+        if columns is None:
+            return sql.SQL("COPY {} FROM STDIN").format(target)
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        return sql.SQL("COPY {} ({}) FROM STDIN").format(target, cols)
+
+
+def _classify(exc: Exception) -> Exception:
+    """Permanent connect failures become ``ConnectError``; the rest are retried."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(exc, psycopg.Error) and sqlstate is not None:
+        if sqlstate in TRANSIENT_CONNECT_SQLSTATES:
+            return exc
+        return ConnectError(f"PostgreSQL refused the connection: {exc}")
+    if isinstance(exc, psycopg.ProgrammingError):
+        return ConnectError(f"invalid PostgreSQL connection parameters: {exc}")
+    text = str(exc)
+    if isinstance(exc, psycopg.OperationalError) and (
+        "password authentication failed" in text
+        or "does not exist" in text
+        or "certificate" in text
+        or ("SSL" in text and "unexpectedly" not in text)
+    ):
+        return ConnectError(f"cannot connect to PostgreSQL: {exc}")
+    return exc
+
+
+# ---------------------------------------------------------------------- Pool
+
+
+class PsycopgManager(_PsycopgCommon):
+    """Blocking manager and executor for psycopg 3 (``Pool``).
+
+    Args:
+        target: a ``postgresql://`` URL or a parsed :class:`PGTarget`.
+        connect_timeout: bound (s) on one connect, check, reset or close.
+        pgbouncer: work behind PgBouncer in transaction mode (also ``?pgbouncer=true``).
+        connect_kwargs: passed to ``psycopg.Connection.connect``; ``password`` may be a
+            callable, and the whole set may be one callable returning it.
+    """
+
+    def connect(self) -> psycopg.Connection[Any]:
+        kwargs = self._kwargs(resolve_credentials_sync(self._connect_kwargs))
+        try:
+            return psycopg.Connection.connect(**kwargs)
+        except Exception as exc:
+            raise _classify(exc) from exc
+
+    def check(self, conn: psycopg.Connection[Any]) -> None:
+        _run_bounded(conn, b"SELECT 1", self._timeout)
+
+    def reset(self, conn: psycopg.Connection[Any]) -> None:
+        status = conn.info.transaction_status
+        if status in _IN_TRANSACTION:
+            _run_bounded(conn, b"ROLLBACK", self._timeout)
+        elif status != _IDLE:
+            raise psycopg.OperationalError(f"connection returned in state {status.name}")
+        if self._reset_sql:
+            _run_bounded(conn, self._reset_sql.encode(), self._timeout)
+        self._forget_notifications(conn)
+
+    def close(self, conn: psycopg.Connection[Any]) -> None:
+        conn.close()
+
+    def execute(self, conn: psycopg.Connection[Any], query: str, args: Sequence[Any]) -> str:
+        return conn.execute(query, args or None).statusmessage or ""
+
+    def executemany(
+        self, conn: psycopg.Connection[Any], query: str, rows: Iterable[Sequence[Any]]
+    ) -> int:
+        with conn.cursor() as cur:
+            cur.executemany(query, rows)
+            return cur.rowcount
+
+    def fetch_all(
+        self, conn: psycopg.Connection[Any], query: str, args: Sequence[Any]
+    ) -> list[Any]:
+        return conn.execute(query, args or None).fetchall()
+
+    def fetch_one(self, conn: psycopg.Connection[Any], query: str, args: Sequence[Any]) -> Any:
+        return conn.execute(query, args or None).fetchone()
+
+    def fetch_value(self, conn: psycopg.Connection[Any], query: str, args: Sequence[Any]) -> Any:
+        row = conn.execute(query, args or None).fetchone()
+        return None if row is None else row[0]
+
+    def begin(
+        self,
+        conn: psycopg.Connection[Any],
+        isolation: str | None = None,
+        readonly: bool = False,
+        deferrable: bool = False,
+    ) -> None:
+        conn.execute(begin_sql(isolation, readonly, deferrable))
+
+    def commit(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute("COMMIT")
+
+    def rollback(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute("ROLLBACK")
+
+    def copy_records(
+        self,
+        conn: psycopg.Connection[Any],
+        table: str,
+        records: Iterable[Sequence[Any]],
+        columns: Sequence[str] | None = None,
+    ) -> int:
+        with conn.cursor() as cur:
+            with cur.copy(self._copy_statement(table, columns)) as copy:
+                for record in records:
+                    copy.write_row(record)
+            return cur.rowcount
+
+
+def _run_bounded(conn: psycopg.Connection[Any], query: bytes, timeout: float) -> None:
+    """Run ``query`` (simple protocol, no results wanted) within ``timeout`` seconds.
+
+    psycopg's blocking calls wait on the socket without a deadline; this drives libpq itself
+    so that a stalled or black-holed server costs at most ``timeout``.
+
+    Raises:
+        TimeoutError: the deadline passed (the connection is then unusable: close it).
+        psycopg.OperationalError: the server reported an error, or the connection broke.
+    """
+    pgconn = conn.pgconn
+    deadline = time.monotonic() + timeout
+    if pgconn.status != pq.ConnStatus.OK:
+        raise psycopg.OperationalError("connection is closed")
+    pgconn.send_query(query)
+    while pgconn.flush():
+        _wait(pgconn.socket, False, deadline)
+    pgconn.consume_input()
+    while pgconn.is_busy():
+        _wait(pgconn.socket, True, deadline)
+        pgconn.consume_input()
+    error: str | None = None
+    while (result := pgconn.get_result()) is not None:
+        if result.status == pq.ExecStatus.FATAL_ERROR and error is None:
+            error = (result.error_message or b"").decode(errors="replace").strip()
+    if pgconn.status != pq.ConnStatus.OK:
+        raise psycopg.OperationalError("the connection was lost")
+    if error is not None:
+        raise psycopg.OperationalError(error)
+
+
+def _wait(fd: int, read: bool, deadline: float) -> None:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the server did not answer in time")
+    ready = select.select([fd], [], [], left) if read else select.select([], [fd], [], left)
+    if not any(ready):
+        raise TimeoutError("the server did not answer in time")
+
+
+# ---------------------------------------------------------------------- AsyncPool
+
+
+class AsyncPsycopgManager(_PsycopgCommon):
+    """Async manager and executor for psycopg 3 (``AsyncPool`` with
+    ``postgresql+psycopg://``). Arguments as :class:`PsycopgManager`."""
+
+    async def connect(self) -> psycopg.AsyncConnection[Any]:
+        kwargs = self._kwargs(await resolve_credentials(self._connect_kwargs))
+        try:
+            return await psycopg.AsyncConnection.connect(**kwargs)
+        except Exception as exc:
+            raise _classify(exc) from exc
+
+    async def check(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute("SELECT 1")
+
+    async def reset(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        status = conn.info.transaction_status
+        if status in _IN_TRANSACTION:
+            await conn.execute("ROLLBACK")
+        elif status != _IDLE:
+            raise psycopg.OperationalError(f"connection returned in state {status.name}")
+        if self._reset_sql:
+            await conn.execute(self._reset_sql)
+        self._forget_notifications(conn)
+
+    async def close(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.close()
+
+    async def execute(
+        self, conn: psycopg.AsyncConnection[Any], query: str, args: Sequence[Any]
+    ) -> str:
+        cur = await conn.execute(query, args or None)
+        return cur.statusmessage or ""
+
+    async def executemany(
+        self, conn: psycopg.AsyncConnection[Any], query: str, rows: Iterable[Sequence[Any]]
+    ) -> int:
+        async with conn.cursor() as cur:
+            await cur.executemany(query, rows)
+            return cur.rowcount
+
+    async def fetch_all(
+        self, conn: psycopg.AsyncConnection[Any], query: str, args: Sequence[Any]
+    ) -> list[Any]:
+        cur = await conn.execute(query, args or None)
+        return await cur.fetchall()
+
+    async def fetch_one(
+        self, conn: psycopg.AsyncConnection[Any], query: str, args: Sequence[Any]
+    ) -> Any:
+        cur = await conn.execute(query, args or None)
+        return await cur.fetchone()
+
+    async def fetch_value(
+        self, conn: psycopg.AsyncConnection[Any], query: str, args: Sequence[Any]
+    ) -> Any:
+        cur = await conn.execute(query, args or None)
+        row = await cur.fetchone()
+        return None if row is None else row[0]
+
+    async def begin(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        isolation: str | None = None,
+        readonly: bool = False,
+        deferrable: bool = False,
+    ) -> None:
+        await conn.execute(begin_sql(isolation, readonly, deferrable))
+
+    async def commit(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute("COMMIT")
+
+    async def rollback(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute("ROLLBACK")
+
+    async def copy_records(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        table: str,
+        records: Iterable[Sequence[Any]],
+        columns: Sequence[str] | None = None,
+    ) -> int:
+        async with conn.cursor() as cur:
+            async with cur.copy(self._copy_statement(table, columns)) as copy:
+                for record in records:
+                    await copy.write_row(record)
+            return cur.rowcount
