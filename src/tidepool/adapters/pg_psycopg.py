@@ -90,9 +90,14 @@ class _PsycopgCommon:
         # handlers, so the next borrower hears nothing meant for the last one.
         while conn.pgconn.notifies() is not None:
             pass
+        # psycopg keeps handlers and not-yet-read notifications on private attributes; clear
+        # them where they exist (they have since psycopg 3.0 / 3.2).
         handlers = getattr(conn, "_notify_handlers", None)
         if isinstance(handlers, list):
             handlers.clear()
+        backlog = getattr(conn, "_notifies_backlog", None)
+        if backlog is not None and hasattr(backlog, "clear"):
+            backlog.clear()
 
     @staticmethod
     def _copy_statement(table: str, columns: Sequence[str] | None) -> sql.Composed:
