@@ -186,6 +186,7 @@ class PoolBase(Flows[C]):
         self._m_close = manager.close
         self._m_is_broken = manager.is_broken
         self._m_is_disconnect = getattr(manager, "is_disconnect", None)
+        self._m_remember_session = getattr(manager, "remember_session", None)
         self._opened = False
         self._pid = os.getpid()
         _live_pools.add(self)

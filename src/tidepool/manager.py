@@ -30,6 +30,9 @@ Optional methods a manager may add:
     reset, or ``None`` when the connection came back broken. The pool then retires every
     connection created before it, so a restart costs one failed request, not one per stale
     connection.
+``remember_session(conn)``
+    Called after ``on_connect`` set up a new connection: remember what it made of the session
+    so that ``reset()`` restores that baseline rather than a bare session.
 ``dispose()``
     Called once after the pool has closed every connection (release manager-wide resources).
 

@@ -65,6 +65,7 @@ class Flows(Generic[C]):
     _m_close: Callable[[C], Any]
     _m_is_broken: Callable[[C], bool]
     _m_is_disconnect: Callable[[C, BaseException | None], bool] | None
+    _m_remember_session: Callable[[C], Any] | None
 
     # ------------------------------------------------------------ shell hooks
 
@@ -295,6 +296,10 @@ class Flows(Generic[C]):
                         )
                     if self._on_connect is not None:
                         yield (CALL, self._on_connect, (conn,), self._connect_timeout)
+                        if self._m_remember_session is not None:
+                            # The reset must bring borrowers back to this, not to a bare
+                            # session (on_connect's settings would be lost at first return).
+                            yield (CALL, self._m_remember_session, (conn,), self._connect_timeout)
                 except BaseException as exc:
                     permanent = isinstance(exc, ConnectError)
                     state.connect_failed(exc, monotonic(), permanent=permanent)

@@ -108,6 +108,15 @@ DO $tidepool_reset$ DECLARE s text; BEGIN
   END LOOP;
 END $tidepool_reset$;"""
 
+# What on_connect made of a new session, as SQL that restores it: run after RESET_SQL in the
+# same round trip, so a borrower always finds the post-on_connect baseline (STATE-2). Covers
+# settings changed with SET / set_config and the role; custom "app.x" placeholders are not
+# listed in pg_settings, so set those per borrow or at the role/database level.
+BASELINE_SQL = """SELECT concat_ws(E'\\n',
+  (SELECT string_agg(format('SELECT set_config(%L, %L, false);', name, setting), E'\\n')
+     FROM pg_settings WHERE source = 'session'),
+  CASE WHEN current_user <> session_user THEN format('SET ROLE %I;', current_user) END)"""
+
 # SQLSTATEs meaning "this server session is gone": connection exceptions (class 08),
 # admin_shutdown (a terminated backend, or a fast shutdown), crash_shutdown, cannot_connect_now.
 DISCONNECT_SQLSTATES = ("57P01", "57P02", "57P03")
@@ -198,11 +207,6 @@ class PGTarget:
                 f"unknown PostgreSQL driver {parsed.driver!r} in {redacted!r} "
                 "(expected postgresql+asyncpg:// or postgresql+psycopg://)"
             )
-        params: dict[str, str] = {}
-        for var, key in ENV_PARAMS.items():
-            value = env.get(var)
-            if value:
-                params[key] = _check_param(key, value, f"environment variable {var}")
         from_url: dict[str, str] = {}
         if parsed.hosts:
             names = [h for h, _ in parsed.hosts]
@@ -229,7 +233,14 @@ class PGTarget:
                 password = Secret(value)
                 continue
             from_url[key] = _check_param(key, value, f"URL {redacted!r}")
-        params.update(from_url)  # the URL wins over the environment
+        # The environment fills what the URL leaves out, and only that is checked: like libpq,
+        # a variable for a parameter the URL sets is never read.
+        params: dict[str, str] = {}
+        for var, key in ENV_PARAMS.items():
+            env_value = env.get(var)
+            if env_value and key not in from_url:
+                params[key] = _check_param(key, env_value, f"environment variable {var}")
+        params.update(from_url)
         if password is None and env.get("PGPASSWORD"):
             password = Secret(env["PGPASSWORD"])
         display = _display(params)

@@ -17,6 +17,7 @@ import asyncpg
 
 from ..errors import ConfigError, ConnectError
 from ._pg import (
+    BASELINE_SQL,
     RESET_SQL,
     TRANSIENT_CONNECT_SQLSTATES,
     PGTarget,
@@ -67,8 +68,11 @@ class _ResettingConnection(asyncpg.Connection):  # type: ignore[misc]
     tidepool's full session reset."""
 
     _tidepool_reset_sql = RESET_SQL
+    _tidepool_baseline = ""  # per connection, set by AsyncpgManager.remember_session()
 
     def get_reset_query(self) -> str:
+        if self._tidepool_reset_sql and self._tidepool_baseline:
+            return f"{self._tidepool_reset_sql}\n{self._tidepool_baseline}"
         return self._tidepool_reset_sql
 
 
@@ -156,6 +160,12 @@ class AsyncpgManager:
 
     async def check(self, conn: asyncpg.Connection) -> None:
         await conn.execute("SELECT 1")
+
+    async def remember_session(self, conn: asyncpg.Connection) -> None:
+        """After ``on_connect``: remember its session settings for the reset to restore."""
+        baseline = await conn.fetchval(BASELINE_SQL)
+        if baseline and isinstance(conn, _ResettingConnection):
+            conn._tidepool_baseline = baseline
 
     async def reset(self, conn: asyncpg.Connection) -> None:
         if conn.is_in_transaction():

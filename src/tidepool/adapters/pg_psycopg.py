@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import select
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from psycopg import pq, sql
 
 from ..errors import ConnectError
 from ._pg import (
+    BASELINE_SQL,
     RESET_SQL,
     TRANSIENT_CONNECT_SQLSTATES,
     PGTarget,
@@ -62,6 +64,14 @@ class _PsycopgCommon:
             base["prepare_threshold"] = None  # no server-side prepared statements
         self._base = base
         self._reset_sql = "" if self.pgbouncer else RESET_SQL
+        # Per connection: what on_connect set up, re-applied by every reset.
+        self._baselines: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+    def _full_reset(self, conn: Any) -> str:
+        if not self._reset_sql:
+            return ""
+        baseline = self._baselines.get(conn)
+        return f"{self._reset_sql}\n{baseline}" if baseline else self._reset_sql
 
     def _kwargs(self, resolved: dict[str, Any]) -> dict[str, Any]:
         return {**self._base, **resolved}
@@ -152,14 +162,21 @@ class PsycopgManager(_PsycopgCommon):
     def check(self, conn: psycopg.Connection[Any]) -> None:
         _run_bounded(conn, b"SELECT 1", self._timeout)
 
+    def remember_session(self, conn: psycopg.Connection[Any]) -> None:
+        """After ``on_connect``: remember its session settings for the reset to restore."""
+        row = conn.execute(BASELINE_SQL).fetchone()
+        if row and row[0]:
+            self._baselines[conn] = row[0]
+
     def reset(self, conn: psycopg.Connection[Any]) -> None:
         status = conn.info.transaction_status
         if status in _IN_TRANSACTION:
             _run_bounded(conn, b"ROLLBACK", self._timeout)
         elif status != _IDLE:
             raise psycopg.OperationalError(f"connection returned in state {status.name}")
-        if self._reset_sql:
-            _run_bounded(conn, self._reset_sql.encode(), self._timeout)
+        script = self._full_reset(conn)
+        if script:
+            _run_bounded(conn, script.encode(), self._timeout)
         self._forget_notifications(conn)
 
     def close(self, conn: psycopg.Connection[Any]) -> None:
@@ -273,14 +290,22 @@ class AsyncPsycopgManager(_PsycopgCommon):
     async def check(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.execute("SELECT 1")
 
+    async def remember_session(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """After ``on_connect``: remember its session settings for the reset to restore."""
+        cur = await conn.execute(BASELINE_SQL)
+        row = await cur.fetchone()
+        if row and row[0]:
+            self._baselines[conn] = row[0]
+
     async def reset(self, conn: psycopg.AsyncConnection[Any]) -> None:
         status = conn.info.transaction_status
         if status in _IN_TRANSACTION:
             await conn.execute("ROLLBACK")
         elif status != _IDLE:
             raise psycopg.OperationalError(f"connection returned in state {status.name}")
-        if self._reset_sql:
-            await conn.execute(self._reset_sql)
+        script = self._full_reset(conn)
+        if script:
+            await conn.execute(script)
         self._forget_notifications(conn)
 
     async def close(self, conn: psycopg.AsyncConnection[Any]) -> None:
