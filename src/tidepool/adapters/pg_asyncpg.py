@@ -169,8 +169,12 @@ class AsyncpgManager:
 
     async def reset(self, conn: asyncpg.Connection) -> None:
         if conn.is_in_transaction():
-            # Roll back first: asyncpg's reset() would report this as an asyncio error.
             await conn.execute("ROLLBACK")
+        # A transaction object the borrower started and never finished (cancelled between
+        # start() and commit()) is now rolled back: forget it, or asyncpg's reset() reports it
+        # to the event loop as an error. asyncpg keeps it on a private attribute.
+        if getattr(conn, "_top_xact", None) is not None:
+            conn._top_xact = None
         await conn.reset()
 
     async def close(self, conn: asyncpg.Connection) -> None:

@@ -180,6 +180,14 @@ class PsycopgManager(_PsycopgCommon):
         self._forget_notifications(conn)
 
     def close(self, conn: psycopg.Connection[Any]) -> None:
+        if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+            # A query is still running: closing the socket alone leaves it running on the
+            # server (psycopg's close() does not cancel), holding a session the pool no
+            # longer counts.
+            try:
+                conn.cancel_safe(timeout=min(self._timeout, 5.0))
+            except Exception:  # the close below still happens; the cancel was best effort
+                pass
         conn.close()
 
     def execute(self, conn: psycopg.Connection[Any], query: str, args: Sequence[Any]) -> str:
@@ -309,6 +317,12 @@ class AsyncPsycopgManager(_PsycopgCommon):
         self._forget_notifications(conn)
 
     async def close(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+            # As in PsycopgManager.close: cancel a running query before closing.
+            try:
+                await conn.cancel_safe(timeout=min(self._timeout, 5.0))
+            except Exception:  # best effort; the close below still happens
+                pass
         await conn.close()
 
     async def execute(
