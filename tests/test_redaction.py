@@ -24,22 +24,27 @@ BAD_TARGETS: dict[str, str] = {
     "userinfo-bad-port": f"postgresql://app:{CANARY}@db:abc/app",
     "userinfo-port-range": f"postgresql://app:{CANARY}@db:99999/app",
     "userinfo-unescaped-at": f"postgresql://app:{CANARY}@x@db/app",
-    "userinfo-unescaped-slash": f"postgresql://app:ab/{CANARY}@db/app",
+    # A valid shape since PostgreSQL is supported: an unknown parameter makes it bad.
+    "userinfo-unescaped-slash": f"postgresql://app:ab/{CANARY}@db/app?no_such_option=1",
     "userinfo-bad-ipv6": f"postgresql://app:{CANARY}@[::1/app",
     "userinfo-password-only": f"redis://:{CANARY}@cache:6379/0",
     "userinfo-sqlite": f"sqlite://app:{CANARY}@/app.db",
     "userinfo-fragment": f"postgresql://app:{CANARY}@db/app#frag",
     # query parameters
     "query-password-sqlite": f"sqlite:////tmp/tidepool-redaction.db?password={CANARY}",
-    "query-password": f"postgresql://db/app?user=app&password={CANARY}",
+    "query-password": f"postgresql://db/app?user=app&password={CANARY}&no_such_option=1",
     "query-sslpassword-sqlite": f"sqlite:////tmp/tidepool-redaction.db?sslpassword={CANARY}",
-    "query-sslpassword": f"postgresql://db/app?sslmode=require&sslpassword={CANARY}",
+    "query-sslpassword": (
+        f"postgresql://db/app?sslmode=require&sslpassword={CANARY}&no_such_option=1"
+    ),
     "query-token-sqlite": f"sqlite:///tidepool-redaction.db?token={CANARY}",
     "query-token": f"redis://cache:6379/0?token={CANARY}",
     "query-uppercase-key": f"postgresql://db/app?PASSWORD={CANARY}",
     "query-auth-token": f"postgresql://db/app?auth_token={CANARY}",
     "query-client-secret": f"postgresql://db/app?client_secret={CANARY}",
-    "query-and-userinfo": f"postgresql://app:{CANARY}@db/app?sslpassword={CANARY}",
+    "query-and-userinfo": (
+        f"postgresql://app:{CANARY}@db/app?sslpassword={CANARY}&no_such_option=1"
+    ),
     # no scheme: a forgotten 'postgresql://', or a libpq keyword DSN
     "schemeless-userinfo": f"app:{CANARY}@db/app",
     "libpq-keywords": f"host=db user=app password={CANARY} dbname=app",
