@@ -240,7 +240,7 @@ class Flows(Generic[C]):
             log.exception("pool %r: is_disconnect() failed", self._state.name)
             return
         if lost:
-            retired = self._state.invalidate_older(entry)
+            retired = self._state.invalidate_older(monotonic())
             log.info(
                 "pool %r: connection #%d was lost to a disconnect; retiring %d older idle "
                 "connection(s) now and older lent ones on return",

@@ -89,6 +89,9 @@ class PoolState(Generic[C]):
         self.workers = 0  # connect workers alive (each runs one attempt at a time)
         self.closing = 0  # retired, close not yet finished
         self.generation = 0
+        # Connections created no later than this are suspect (a disconnect was detected then):
+        # retired when next seen, like an old generation.
+        self.stale_before = float("-inf")
         self.closed = False
         self.retired: list[Entry[C]] = []  # to be closed by the shell
         self.reclaim: deque[Entry[Any]] = deque()  # filled by weak-reference callbacks
@@ -122,8 +125,10 @@ class PoolState(Generic[C]):
             idle = self.idle
             while idle:
                 entry = idle[-1]
-                if entry.generation != self.generation or (
-                    entry.expires is not None and entry.expires <= now
+                if (
+                    entry.generation != self.generation
+                    or (entry.expires is not None and entry.expires <= now)
+                    or entry.created <= self.stale_before
                 ):
                     idle.pop()
                     self._retire(entry, self._expiry_reason(entry))
@@ -155,8 +160,10 @@ class PoolState(Generic[C]):
             idle = self.idle
             while idle:
                 entry = idle.pop()
-                if entry.generation != self.generation or (
-                    entry.expires is not None and entry.expires <= now
+                if (
+                    entry.generation != self.generation
+                    or (entry.expires is not None and entry.expires <= now)
+                    or entry.created <= self.stale_before
                 ):
                     self._retire(entry, self._expiry_reason(entry))
                     continue
@@ -285,6 +292,7 @@ class PoolState(Generic[C]):
             self.closed
             or entry.generation != self.generation
             or (entry.expires is not None and entry.expires <= now)
+            or entry.created <= self.stale_before
             or self.size > self.limits.max_size
         )
 
@@ -343,6 +351,8 @@ class PoolState(Generic[C]):
         self.retired.append(entry)
 
     def _expiry_reason(self, entry: Entry[C]) -> str:
+        if entry.created <= self.stale_before:
+            return "stale"
         return "expired" if entry.generation != self.generation else "lifetime"
 
     def take_retired(self) -> list[Entry[C]]:
@@ -460,8 +470,10 @@ class PoolState(Generic[C]):
             kept: deque[Entry[C]] = deque()
             idle_cut = None if limits.idle_timeout is None else now - limits.idle_timeout
             for entry in self.idle:  # oldest-returned first
-                if entry.generation != self.generation or (
-                    entry.expires is not None and entry.expires <= now
+                if (
+                    entry.generation != self.generation
+                    or (entry.expires is not None and entry.expires <= now)
+                    or entry.created <= self.stale_before
                 ):
                     self._retire(entry, self._expiry_reason(entry))
                 elif (
@@ -548,24 +560,22 @@ class PoolState(Generic[C]):
             self._maybe_drained()
             return taken
 
-    def invalidate_older(self, entry: Entry[C]) -> int:
-        """``entry`` was lost to a server-side disconnect (restart, failover, terminated
-        backend): every connection created no later than it is suspect. Idle ones are retired
-        now, lent and busy ones when they come back. Returns how many were retired now."""
-        cutoff = entry.created
+    def invalidate_older(self, now: float) -> int:
+        """A connection was lost to a server-side disconnect (restart, failover, terminated
+        backend) detected at ``now``: every connection created before then is suspect. Idle
+        ones are retired now; lent and busy ones when they are next lent or come back.
+        Returns how many were retired now."""
         with self.lock:
+            self.stale_before = max(self.stale_before, now)
             kept: deque[Entry[C]] = deque()
             retired = 0
             for idle in self.idle:
-                if idle.created <= cutoff:
+                if idle.created <= now:
                     self._retire(idle, "stale")
                     retired += 1
                 else:
                     kept.append(idle)
             self.idle = kept
-            for lent in self.lent.values():
-                if lent.created <= cutoff:
-                    lent.generation = -1  # keeps() now refuses it
             return retired
 
     def expire(self) -> None:

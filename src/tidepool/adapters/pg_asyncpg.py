@@ -244,9 +244,19 @@ class AsyncpgManager:
 def _classify(exc: Exception) -> Exception:
     """Permanent connect failures become ``ConnectError``; the rest are retried."""
     if isinstance(exc, asyncpg.PostgresError):
-        if exc.sqlstate in TRANSIENT_CONNECT_SQLSTATES:
-            return exc  # type: ignore[no-any-return]
+        sqlstate = exc.sqlstate
+        if sqlstate in TRANSIENT_CONNECT_SQLSTATES or is_disconnect_sqlstate(sqlstate):
+            return exc  # type: ignore[no-any-return]  # lost mid-handshake, starting up, full
         return ConnectError(f"PostgreSQL refused the connection: {exc}")
+    if isinstance(exc, _PERMANENT_OS_ERRORS) or (
+        isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc)
+    ):
+        # A missing certificate file, or a server without TLS when TLS is required: waiting
+        # will not fix either.
+        return ConnectError(f"cannot connect to PostgreSQL: {exc}")
     if isinstance(exc, (ssl.SSLCertVerificationError, asyncpg.ClientConfigurationError)):
         return ConnectError(f"cannot connect to PostgreSQL: {exc}")
     return exc
+
+
+_PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)

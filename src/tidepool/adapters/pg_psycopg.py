@@ -11,6 +11,7 @@ server: they drive libpq directly with a deadline.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import select
 import time
@@ -185,7 +186,7 @@ class PsycopgManager(_PsycopgCommon):
             # server (psycopg's close() does not cancel), holding a session the pool no
             # longer counts.
             try:
-                conn.cancel_safe(timeout=min(self._timeout, 5.0))
+                conn.cancel_safe(timeout=min(self._timeout / 2, 5.0))
             except Exception:  # the close below still happens; the cancel was best effort
                 pass
         conn.close()
@@ -253,15 +254,24 @@ def _run_bounded(conn: psycopg.Connection[Any], query: bytes, timeout: float) ->
     """
     pgconn = conn.pgconn
     deadline = time.monotonic() + timeout
-    if pgconn.status != pq.ConnStatus.OK:
-        raise psycopg.OperationalError("connection is closed")
-    pgconn.send_query(query)
+    _send(pgconn, query)
     while pgconn.flush():
         _wait(pgconn.socket, False, deadline)
     pgconn.consume_input()
     while pgconn.is_busy():
         _wait(pgconn.socket, True, deadline)
         pgconn.consume_input()
+    _collect(pgconn)
+
+
+def _send(pgconn: pq.abc.PGconn, query: bytes) -> None:
+    if pgconn.status != pq.ConnStatus.OK:
+        raise psycopg.OperationalError("connection is closed")
+    pgconn.send_query(query)
+
+
+def _collect(pgconn: pq.abc.PGconn) -> None:
+    """Read every result of the finished query; raise the first error."""
     error: str | None = None
     while (result := pgconn.get_result()) is not None:
         if result.status == pq.ExecStatus.FATAL_ERROR and error is None:
@@ -281,6 +291,42 @@ def _wait(fd: int, read: bool, deadline: float) -> None:
         raise TimeoutError("the server did not answer in time")
 
 
+async def _run_bounded_async(
+    conn: psycopg.AsyncConnection[Any], query: bytes, timeout: float
+) -> None:
+    """The event-loop counterpart of :func:`_run_bounded`.
+
+    A cancelled psycopg call first tries to cancel the query on the server and waits for that
+    (seconds, against a silent server); driving libpq here makes cancellation and the deadline
+    immediate, and the pool then closes the connection.
+    """
+    pgconn = conn.pgconn
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        _send(pgconn, query)
+        while pgconn.flush():
+            await _ready(loop, pgconn.socket, False)
+        pgconn.consume_input()
+        while pgconn.is_busy():
+            await _ready(loop, pgconn.socket, True)
+            pgconn.consume_input()
+    _collect(pgconn)
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, fd: int, read: bool) -> None:
+    future: asyncio.Future[None] = loop.create_future()
+
+    def done() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    (loop.add_reader if read else loop.add_writer)(fd, done)
+    try:
+        await future
+    finally:
+        (loop.remove_reader if read else loop.remove_writer)(fd)
+
+
 # ---------------------------------------------------------------------- AsyncPool
 
 
@@ -296,7 +342,7 @@ class AsyncPsycopgManager(_PsycopgCommon):
             raise _classify(exc) from exc
 
     async def check(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        await conn.execute("SELECT 1")
+        await _run_bounded_async(conn, b"SELECT 1", self._timeout)
 
     async def remember_session(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """After ``on_connect``: remember its session settings for the reset to restore."""
@@ -308,21 +354,22 @@ class AsyncPsycopgManager(_PsycopgCommon):
     async def reset(self, conn: psycopg.AsyncConnection[Any]) -> None:
         status = conn.info.transaction_status
         if status in _IN_TRANSACTION:
-            await conn.execute("ROLLBACK")
+            await _run_bounded_async(conn, b"ROLLBACK", self._timeout)
         elif status != _IDLE:
             raise psycopg.OperationalError(f"connection returned in state {status.name}")
         script = self._full_reset(conn)
         if script:
-            await conn.execute(script)
+            await _run_bounded_async(conn, script.encode(), self._timeout)
         self._forget_notifications(conn)
 
     async def close(self, conn: psycopg.AsyncConnection[Any]) -> None:
         if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
             # As in PsycopgManager.close: cancel a running query before closing.
             try:
-                await conn.cancel_safe(timeout=min(self._timeout, 5.0))
-            except Exception:  # best effort; the close below still happens
-                pass
+                await conn.cancel_safe(timeout=min(self._timeout / 2, 5.0))
+            except BaseException:  # best effort (even if cancelled): the close below happens
+                await conn.close()
+                raise
         await conn.close()
 
     async def execute(
