@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import select
+import threading
 import time
 import weakref
 from collections.abc import Iterable, Sequence
@@ -67,6 +68,29 @@ class _PsycopgCommon:
         self._reset_sql = "" if self.pgbouncer else RESET_SQL
         # Per connection: what on_connect set up, re-applied by every reset.
         self._baselines: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        # Per connection: its libpq cancel key, taken at connect (no I/O), so that a query
+        # can still be cancelled after psycopg itself closed the connection under it.
+        self._cancels: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+    def _remember_cancel(self, conn: Any) -> None:
+        try:
+            self._cancels[conn] = conn.pgconn.get_cancel()
+        except psycopg.Error:
+            pass
+
+    def _cancel_orphaned_query(self, conn: Any) -> bool:
+        """If ``conn`` is already closed, a query may still run on the server: psycopg closes
+        the socket itself when its own cancellation is interrupted (a task cancelled twice),
+        and a sleeping backend does not notice. Send the query's cancel request, from a
+        daemon thread so that a silent server never holds up the close; when the backend is
+        already gone (the server closed the connection) its key matches nothing and the
+        request is harmless. Returns whether the connection was already closed."""
+        if not conn.closed:
+            return False
+        cancel = self._cancels.pop(conn, None)
+        if cancel is not None:
+            threading.Thread(target=_send_cancel, args=(cancel,), daemon=True).start()
+        return True
 
     def _full_reset(self, conn: Any) -> str:
         if not self._reset_sql:
@@ -119,6 +143,13 @@ class _PsycopgCommon:
         return sql.SQL("COPY {} ({}) FROM STDIN").format(target, cols)
 
 
+def _send_cancel(cancel: Any) -> None:
+    try:
+        cancel.cancel()
+    except Exception:  # best effort: the backend may be gone already
+        pass
+
+
 def _classify(exc: Exception) -> Exception:
     """Permanent connect failures become ``ConnectError``; the rest are retried."""
     sqlstate = getattr(exc, "sqlstate", None)
@@ -156,9 +187,11 @@ class PsycopgManager(_PsycopgCommon):
     def connect(self) -> psycopg.Connection[Any]:
         kwargs = self._kwargs(resolve_credentials_sync(self._connect_kwargs))
         try:
-            return psycopg.Connection.connect(**kwargs)
+            conn = psycopg.Connection.connect(**kwargs)
         except Exception as exc:
             raise _classify(exc) from exc
+        self._remember_cancel(conn)
+        return conn
 
     def check(self, conn: psycopg.Connection[Any]) -> None:
         _run_bounded(conn, b"SELECT 1", self._timeout)
@@ -181,6 +214,8 @@ class PsycopgManager(_PsycopgCommon):
         self._forget_notifications(conn)
 
     def close(self, conn: psycopg.Connection[Any]) -> None:
+        if self._cancel_orphaned_query(conn):
+            return
         if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
             # A query is still running: closing the socket alone leaves it running on the
             # server (psycopg's close() does not cancel), holding a session the pool no
@@ -337,9 +372,11 @@ class AsyncPsycopgManager(_PsycopgCommon):
     async def connect(self) -> psycopg.AsyncConnection[Any]:
         kwargs = self._kwargs(await resolve_credentials(self._connect_kwargs))
         try:
-            return await psycopg.AsyncConnection.connect(**kwargs)
+            conn = await psycopg.AsyncConnection.connect(**kwargs)
         except Exception as exc:
             raise _classify(exc) from exc
+        self._remember_cancel(conn)
+        return conn
 
     async def check(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await _run_bounded_async(conn, b"SELECT 1", self._timeout)
@@ -363,6 +400,8 @@ class AsyncPsycopgManager(_PsycopgCommon):
         self._forget_notifications(conn)
 
     async def close(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if self._cancel_orphaned_query(conn):
+            return
         if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
             # As in PsycopgManager.close: cancel a running query before closing.
             try:
