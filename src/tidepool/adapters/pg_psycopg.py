@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import math
 import select
-import threading
 import time
 import weakref
 from collections.abc import Iterable, Sequence
@@ -68,29 +67,25 @@ class _PsycopgCommon:
         self._reset_sql = "" if self.pgbouncer else RESET_SQL
         # Per connection: what on_connect set up, re-applied by every reset.
         self._baselines: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-        # Per connection: its libpq cancel key, taken at connect (no I/O), so that a query
-        # can still be cancelled after psycopg itself closed the connection under it.
+        # Per connection: a libpq cancel connection prepared at connect (no I/O yet), so that
+        # a query can still be cancelled after psycopg itself closed the connection under it.
         self._cancels: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
-    def _remember_cancel(self, conn: Any) -> None:
+    def _prepare_cancel(self, conn: Any) -> None:
         try:
-            self._cancels[conn] = conn.pgconn.get_cancel()
-        except psycopg.Error:
+            self._cancels[conn] = conn.pgconn.cancel_conn()
+        except (psycopg.Error, AttributeError):  # libpq < 17: no non-blocking cancel
             pass
 
-    def _cancel_orphaned_query(self, conn: Any) -> bool:
-        """If ``conn`` is already closed, a query may still run on the server: psycopg closes
-        the socket itself when its own cancellation is interrupted (a task cancelled twice),
-        and a sleeping backend does not notice. Send the query's cancel request, from a
-        daemon thread so that a silent server never holds up the close; when the backend is
-        already gone (the server closed the connection) its key matches nothing and the
-        request is harmless. Returns whether the connection was already closed."""
+    def _orphan_cancel(self, conn: Any) -> Any:
+        """The prepared cancel connection of ``conn`` if ``conn`` is already closed, else
+        ``None``. psycopg closes the socket itself when its own cancellation is interrupted
+        (a task cancelled twice), and a sleeping backend does not notice: the query keeps
+        running, holding a session the pool no longer counts. When the backend is already
+        gone (the server closed the connection) the request is harmless."""
         if not conn.closed:
-            return False
-        cancel = self._cancels.pop(conn, None)
-        if cancel is not None:
-            threading.Thread(target=_send_cancel, args=(cancel,), daemon=True).start()
-        return True
+            return None
+        return self._cancels.pop(conn, None)
 
     def _full_reset(self, conn: Any) -> str:
         if not self._reset_sql:
@@ -143,11 +138,36 @@ class _PsycopgCommon:
         return sql.SQL("COPY {} ({}) FROM STDIN").format(target, cols)
 
 
-def _send_cancel(cancel: Any) -> None:
+def _cancel_within(cancel: Any, timeout: float) -> None:
+    """Send a query cancel request through a prepared libpq cancel connection, within
+    ``timeout`` (non-blocking polling: libpq's blocking cancel has no deadline and psycopg
+    runs it holding the GIL). Best effort: failures are ignored."""
+    deadline = time.monotonic() + timeout
     try:
-        cancel.cancel()
-    except Exception:  # best effort: the backend may be gone already
+        cancel.start()
+        while (status := cancel.poll()) not in (pq.PollingStatus.OK, pq.PollingStatus.FAILED):
+            _wait(cancel.socket, status == pq.PollingStatus.READING, deadline)
+    except (psycopg.Error, OSError, TimeoutError):
         pass
+    finally:
+        cancel.finish()
+
+
+async def _cancel_within_async(cancel: Any, timeout: float) -> None:
+    """The event-loop counterpart of :func:`_cancel_within`."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            cancel.start()
+            while (status := cancel.poll()) not in (
+                pq.PollingStatus.OK,
+                pq.PollingStatus.FAILED,
+            ):
+                await _ready(loop, cancel.socket, status == pq.PollingStatus.READING)
+    except (psycopg.Error, OSError, TimeoutError):
+        pass
+    finally:
+        cancel.finish()
 
 
 def _classify(exc: Exception) -> Exception:
@@ -190,7 +210,7 @@ class PsycopgManager(_PsycopgCommon):
             conn = psycopg.Connection.connect(**kwargs)
         except Exception as exc:
             raise _classify(exc) from exc
-        self._remember_cancel(conn)
+        self._prepare_cancel(conn)
         return conn
 
     def check(self, conn: psycopg.Connection[Any]) -> None:
@@ -214,7 +234,10 @@ class PsycopgManager(_PsycopgCommon):
         self._forget_notifications(conn)
 
     def close(self, conn: psycopg.Connection[Any]) -> None:
-        if self._cancel_orphaned_query(conn):
+        if conn.closed:
+            orphan = self._orphan_cancel(conn)
+            if orphan is not None:
+                _cancel_within(orphan, min(self._timeout, 5.0))
             return
         if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
             # A query is still running: closing the socket alone leaves it running on the
@@ -375,7 +398,7 @@ class AsyncPsycopgManager(_PsycopgCommon):
             conn = await psycopg.AsyncConnection.connect(**kwargs)
         except Exception as exc:
             raise _classify(exc) from exc
-        self._remember_cancel(conn)
+        self._prepare_cancel(conn)
         return conn
 
     async def check(self, conn: psycopg.AsyncConnection[Any]) -> None:
@@ -400,7 +423,10 @@ class AsyncPsycopgManager(_PsycopgCommon):
         self._forget_notifications(conn)
 
     async def close(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        if self._cancel_orphaned_query(conn):
+        if conn.closed:
+            orphan = self._orphan_cancel(conn)
+            if orphan is not None:
+                await _cancel_within_async(orphan, min(self._timeout, 5.0))
             return
         if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
             # As in PsycopgManager.close: cancel a running query before closing.
