@@ -177,6 +177,8 @@ class PoolBase(Flows[C]):
         name = opts.name or default_name
         self._state: PoolState[C] = PoolState(name, _limits(opts))
         self._connect_timeout = opts.connect_timeout
+        self._default_timeout = opts.acquire_timeout
+        self._leak_watch = opts.leak_timeout is not None
         self._reset_enabled = opts.reset
         self._on_connect = opts.on_connect
         self._listeners = opts.listeners
@@ -189,6 +191,7 @@ class PoolBase(Flows[C]):
         self._m_remember_session = getattr(manager, "remember_session", None)
         self._opened = False
         self._pid = os.getpid()
+        self.refresh_observed()
         _live_pools.add(self)
 
     def _check_manager_flavor(self, manager: object) -> None:
@@ -247,6 +250,35 @@ class PoolBase(Flows[C]):
 
     # ------------------------------------------------------------ shared helpers
 
+    _lease_class: type[LeaseBase[Any]]
+
+    def acquire(self, timeout: float | None = _DEFAULT) -> LeaseBase[C]:
+        """Borrow a connection: ``async with pool.acquire() as conn:`` (``AsyncPool``) or
+        ``with pool.acquire() as conn:`` (``Pool``). It goes back on exit, also on an error
+        or a cancellation.
+
+        ``timeout`` overrides ``acquire_timeout`` for this call (``0``: do not wait;
+        ``None``: wait forever). With ``AsyncPool``, ``conn = await pool.acquire()`` also
+        works; give it back with ``await pool.release(conn)``.
+
+        Raises (on entering):
+            PoolTimeout: nothing could be lent before the deadline.
+            PoolClosed: the pool is closed.
+            TooManyWaiters: ``max_waiting`` callers are already queued.
+            ConnectError: a permanent connect failure.
+        """
+        # The hot path: no helper calls unless a timeout or leak watching was asked for.
+        if timeout is _DEFAULT:
+            timeout = self._default_timeout
+        else:
+            timeout = validate_timeout("timeout", timeout, allow_none=True, allow_zero=True)
+        if self._leak_watch:
+            site = self._site(1)
+        else:
+            frame = sys._getframe(1)
+            site = (frame.f_code.co_filename, frame.f_lineno, None, None)
+        return self._lease_class(self, timeout, site)
+
     def _acquire_timeout(self, timeout: Any) -> float | None:
         if timeout is _DEFAULT:
             return self.options.acquire_timeout
@@ -272,6 +304,7 @@ class PoolBase(Flows[C]):
         """One maintenance tick: account for garbage-collected connections, retire idle and
         expired ones, report leaks, refill to ``min_size``."""
         state = self._state
+        self.refresh_observed()
         if state.reclaim:
             self._collect_reclaimed()
         for entry in state.sweep(time.monotonic()):

@@ -689,15 +689,21 @@ def test_sweep_idle_timeout_counts_lent_connections_towards_min_size() -> None:
     assert list(state.idle) == [b]
 
 
-def test_sweep_retires_lifetime_expired_even_below_min_size() -> None:
-    state = make_state(max_lifetime=10.0, min_size=3, idle_timeout=None)
+def test_sweep_retires_lifetime_expired_only_down_to_min_size_minus_max_connecting() -> None:
+    # NET-14: connections born together expire together; retiring them all at once would
+    # empty the pool. Age retires them only while the pool stays within max_connecting of
+    # min_size; the rest serve on until replacements arrive.
+    state = make_state(max_lifetime=10.0, min_size=3, max_connecting=2, idle_timeout=None)
     entries = fill(state, 3, now=0.0)
     state.sweep(9.0)
     assert state.take_retired() == []
     state.sweep(10.0)
-    assert state.take_retired() == entries
-    assert all(e.reason == "lifetime" for e in entries)
-    assert state.snapshot().size == 0
+    retired = state.take_retired()
+    assert len(retired) == 2
+    assert set(retired) < set(entries)
+    assert all(e.reason == "lifetime" for e in retired)
+    assert state.snapshot().size == 1
+    assert len(state.idle) == 1
     assert state.begin_worker()  # refill to min_size
 
 

@@ -179,8 +179,13 @@ class PoolMachine(RuleBasedStateMachine):
 
     def expired(self, entry: Entry[Conn]) -> bool:
         info = self.info[entry]
-        return info.generation != self.generation or (
-            info.expires is not None and info.expires <= self.now
+        if info.generation != self.generation:
+            return True
+        # Retirement by age keeps the pool within max_connecting of min_size (NET-14).
+        return (
+            info.expires is not None
+            and info.expires <= self.now
+            and self.size > self.min_size - self.max_connecting
         )
 
     def expiry_reason(self, entry: Entry[Conn]) -> str:

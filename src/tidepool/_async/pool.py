@@ -16,7 +16,6 @@ from .._core.entry import Entry, Site
 from .._core.flows import CALL, WAIT, Flow
 from .._core.waiter import Waiter
 from .._pool_base import (
-    _DEFAULT,
     LeaseBase,
     PoolBase,
     PoolOptions,
@@ -27,6 +26,8 @@ from .._pool_base import (
 from ..manager import AsyncManager
 
 __all__ = ["AsyncLease", "AsyncPool"]
+
+_get_running_loop = asyncio._get_running_loop
 
 C = TypeVar("C")
 T = TypeVar("T")
@@ -133,8 +134,13 @@ class AsyncLease(LeaseBase[C]):
     async def __aenter__(self) -> C:
         if self._entry is None:  # (try_acquire() built it holding its connection)
             pool = self._pool
-            lent = pool.lend_idle(self._site)
-            if lent is None:
+            if pool._loop is not _get_running_loop():
+                pool._check_loop_or_unopened()
+            # lend_idle(), inlined: this is the whole fast path of a checkout.
+            lent = pool._state.try_lend(monotonic(), self._site)
+            if lent is not None and pool._observed:
+                pool._note_acquired(lent[0], 0.0)
+            elif lent is None:
                 lent = await pool._drive(pool._slow_acquire(self._timeout, self._site))
             self._entry, self._conn = lent
         return self._conn  # type: ignore[return-value]
@@ -145,9 +151,15 @@ class AsyncLease(LeaseBase[C]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        held = self._take()
-        if held is not None:
-            await self._pool._give_back(*held)
+        entry = self._entry
+        if entry is None:
+            return
+        conn, self._entry, self._conn = self._conn, None, None
+        pool = self._pool
+        flow = pool.release_flow(entry, conn)  # type: ignore[arg-type]
+        op, pending = _advance(flow, None, None)
+        if op is not _DONE:  # the reset really waits: finish it within its bound
+            await pool._drive(flow, op, pending)
 
 
 class AsyncPool(PoolBase[C]):
@@ -263,10 +275,9 @@ class AsyncPool(PoolBase[C]):
     ) -> None:
         self._maintenance = loop.call_later(self._maintenance_interval(), _maintenance_tick, ref)
 
-    def lend_idle(self, site: Site) -> tuple[Entry[C], C] | None:
-        if self._loop is not None and asyncio._get_running_loop() is not self._loop:
+    def _check_loop_or_unopened(self) -> None:
+        if self._loop is not None:
             self._check_loop()
-        return super().lend_idle(site)
 
     def _check_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -289,20 +300,11 @@ class AsyncPool(PoolBase[C]):
 
     # ------------------------------------------------------------ acquire / release
 
-    def acquire(self, timeout: float | None = _DEFAULT) -> AsyncLease[C]:
-        """Borrow a connection: ``async with pool.acquire() as conn:``.
+    _lease_class = AsyncLease
 
-        ``timeout`` overrides ``acquire_timeout`` for this call (``0``: do not wait;
-        ``None``: wait forever). ``conn = await pool.acquire()`` also works; give it back with
-        ``await pool.release(conn)``.
+    if TYPE_CHECKING:
 
-        Raises (on entering / awaiting):
-            PoolTimeout: nothing could be lent before the deadline.
-            PoolClosed: the pool is closed.
-            TooManyWaiters: ``max_waiting`` callers are already queued.
-            ConnectError: a permanent connect failure.
-        """
-        return AsyncLease(self, self._acquire_timeout(timeout), self._site(1))
+        def acquire(self, timeout: float | None = ...) -> AsyncLease[C]: ...
 
     def try_acquire(self) -> AsyncLease[C] | None:
         """Lend an idle connection if one needs no I/O (no connect, no check), else ``None``.
@@ -330,6 +332,8 @@ class AsyncPool(PoolBase[C]):
             await self._drive(flow, op, pending)
 
     async def _acquire(self, timeout: float | None, site: Site) -> C:
+        if self._loop is not _get_running_loop():
+            self._check_loop_or_unopened()
         lent = self.lend_idle(site)
         if lent is None:
             lent = await self._drive(self._slow_acquire(timeout, site))

@@ -57,6 +57,7 @@ class Flows(Generic[C]):
     _reset_enabled: bool
     _on_connect: Callable[[Any], Any] | None
     _listeners: Sequence[Any]
+    _observed = False  # see refresh_observed()
 
     # Set by the shell: the manager's bound methods.
     _m_connect: Callable[[], Any]
@@ -86,7 +87,9 @@ class Flows(Generic[C]):
         if state.retired:
             for entry in state.take_retired():
                 self.spawn(self._close_flow(entry), "close")
-        if state.wants_worker():
+        # Cheap, racy pre-check (no waiter, and min_size met) before the locked decision;
+        # whoever changes the state next kicks again.
+        if (state.waiters or state.size < state.limits.min_size) and state.wants_worker():
             while state.begin_worker():
                 self.spawn(self._connect_flow(), "connect")
 
@@ -147,16 +150,22 @@ class Flows(Generic[C]):
                     continue
                 now = monotonic()
             conn = state.lend(entry, now, site)
-            if self._listeners or log.isEnabledFor(logging.DEBUG):
+            if self._observed:
                 self._note_acquired(entry, now - started)
             return entry, conn
 
     def lend_idle(self, site: Site) -> tuple[Entry[C], C] | None:
         """The fast path of acquire: an idle connection needing no I/O, or ``None``."""
         lent = self._state.try_lend(monotonic(), site)
-        if lent is not None and (self._listeners or log.isEnabledFor(logging.DEBUG)):
+        if lent is not None and self._observed:
             self._note_acquired(lent[0], 0.0)
         return lent
+
+    def refresh_observed(self) -> None:
+        """Re-read whether anyone watches per-acquire events (listeners, or the logger at
+        DEBUG): cached because asking the logger on every acquire and release costs more than
+        the rest of a checkout. Refreshed on every maintenance tick."""
+        self._observed = bool(self._listeners) or log.isEnabledFor(logging.DEBUG)
 
     def _note_acquired(self, entry: Entry[C], waited: float) -> None:
         log.debug("pool %r: lent connection #%d after %.6f s", self._state.name, entry.id, waited)
@@ -198,7 +207,7 @@ class Flows(Generic[C]):
         keep = state.take_back(entry, conn, monotonic())
         if keep is None:
             return  # no longer ours (closed hard by close(), or inherited across fork)
-        if self._listeners or log.isEnabledFor(logging.DEBUG):
+        if self._observed:
             used = monotonic() - entry.lent_since
             log.debug("pool %r: connection #%d back after %.6f s", state.name, entry.id, used)
             if self._listeners:

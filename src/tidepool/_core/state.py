@@ -127,7 +127,7 @@ class PoolState(Generic[C]):
                 entry = idle[-1]
                 if (
                     entry.generation != self.generation
-                    or (entry.expires is not None and entry.expires <= now)
+                    or (entry.expires is not None and entry.expires <= now and self._may_age_out())
                     or entry.created <= self.stale_before
                 ):
                     idle.pop()
@@ -162,7 +162,7 @@ class PoolState(Generic[C]):
                 entry = idle.pop()
                 if (
                     entry.generation != self.generation
-                    or (entry.expires is not None and entry.expires <= now)
+                    or (entry.expires is not None and entry.expires <= now and self._may_age_out())
                     or entry.created <= self.stale_before
                 ):
                     self._retire(entry, self._expiry_reason(entry))
@@ -291,10 +291,18 @@ class PoolState(Generic[C]):
         return not (
             self.closed
             or entry.generation != self.generation
-            or (entry.expires is not None and entry.expires <= now)
+            or (entry.expires is not None and entry.expires <= now and self._may_age_out())
             or entry.created <= self.stale_before
             or self.size > self.limits.max_size
         )
+
+    def _may_age_out(self) -> bool:
+        """Whether a connection past its lifetime may retire now. Connections born together
+        expire together (jitter only spreads them over 5 % of the lifetime, which can be less
+        than a maintenance tick), so retirement by age keeps the pool within
+        ``max_connecting`` of ``min_size``; the rest serve a little longer while replacements
+        open. Retirement for a reason that matters (expire(), a disconnect) is immediate."""
+        return self.size > self.limits.min_size - self.limits.max_connecting
 
     def give_back(self, entry: Entry[C], now: float, *, reusable: bool) -> None:
         """A ``BUSY`` entry is done (reset, or failed): hand it to the oldest live waiter, put
@@ -472,7 +480,7 @@ class PoolState(Generic[C]):
             for entry in self.idle:  # oldest-returned first
                 if (
                     entry.generation != self.generation
-                    or (entry.expires is not None and entry.expires <= now)
+                    or (entry.expires is not None and entry.expires <= now and self._may_age_out())
                     or entry.created <= self.stale_before
                 ):
                     self._retire(entry, self._expiry_reason(entry))

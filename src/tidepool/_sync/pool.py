@@ -60,8 +60,11 @@ class Lease(LeaseBase[C]):
     def __enter__(self) -> C:
         if self._entry is None:  # (try_acquire() built it holding its connection)
             pool = self._pool
-            lent = pool.lend_idle(self._site)
-            if lent is None:
+            # lend_idle(), inlined: this is the whole fast path of a checkout.
+            lent = pool._state.try_lend(monotonic(), self._site)
+            if lent is not None and pool._observed:
+                pool._note_acquired(lent[0], 0.0)
+            elif lent is None:
                 lent = pool._drive(pool._slow_acquire(self._timeout, self._site))
             self._entry, self._conn = lent
         return self._conn  # type: ignore[return-value]
@@ -201,20 +204,11 @@ class Pool(PoolBase[C]):
 
     # ------------------------------------------------------------ acquire / release
 
-    def acquire(self, timeout: float | None = _DEFAULT) -> Lease[C]:
-        """Borrow a connection: ``with pool.acquire() as conn:``.
+    _lease_class = Lease
 
-        ``timeout`` overrides ``acquire_timeout`` for this call (``0``: do not wait;
-        ``None``: wait forever). ``conn = pool.acquire().__enter__()`` style is not needed:
-        use :meth:`getconn` and :meth:`release` to manage it yourself.
+    if TYPE_CHECKING:
 
-        Raises (on entering):
-            PoolTimeout: nothing could be lent before the deadline.
-            PoolClosed: the pool is closed.
-            TooManyWaiters: ``max_waiting`` callers are already queued.
-            ConnectError: a permanent connect failure.
-        """
-        return Lease(self, self._acquire_timeout(timeout), self._site(1))
+        def acquire(self, timeout: float | None = ...) -> Lease[C]: ...
 
     def getconn(self, timeout: float | None = _DEFAULT) -> C:
         """Borrow a connection without a ``with`` block; give it back with

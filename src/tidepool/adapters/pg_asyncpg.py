@@ -22,6 +22,7 @@ from ._pg import (
     TRANSIENT_CONNECT_SQLSTATES,
     PGTarget,
     begin_sql,
+    forget_locals,
     is_disconnect_sqlstate,
     resolve_credentials,
 )
@@ -133,6 +134,20 @@ class AsyncpgManager:
             self._connect_timeout = min(connect_timeout, float(params["connect_timeout"]))
 
     async def connect(self) -> asyncpg.Connection:
+        # Opened in _open(), whose frame holds the password: on failure its locals (and the
+        # driver's) are cleared before the error leaves this frame, which holds none.
+        failure: Exception
+        try:
+            return await self._open()
+        except Exception as exc:
+            failure = exc
+        forget_locals(failure)
+        error = _classify(failure)
+        if error is failure:
+            raise failure
+        raise error from failure
+
+    async def _open(self) -> asyncpg.Connection:
         kwargs: dict[str, Any] = dict(self._base)
         if self.target.password is not None:
             kwargs["password"] = self.target.password.value
@@ -147,15 +162,12 @@ class AsyncpgManager:
             reset_class = type(f"Tidepool{base_class.__name__}", (reset_class, base_class), {})
         if self.pgbouncer:
             kwargs.setdefault("statement_cache_size", 0)
-        try:
-            conn: asyncpg.Connection = await asyncpg.connect(
-                self._dsn,
-                timeout=self._connect_timeout,
-                connection_class=reset_class,
-                **kwargs,
-            )
-        except Exception as exc:
-            raise _classify(exc) from exc
+        conn: asyncpg.Connection = await asyncpg.connect(
+            self._dsn,
+            timeout=self._connect_timeout,
+            connection_class=reset_class,
+            **kwargs,
+        )
         return conn
 
     async def check(self, conn: asyncpg.Connection) -> None:
@@ -176,6 +188,10 @@ class AsyncpgManager:
         if getattr(conn, "_top_xact", None) is not None:
             conn._top_xact = None
         await conn.reset()
+        if conn.is_in_transaction():
+            # A cancelled borrower's BEGIN can complete on the server after the check above
+            # (asyncpg finishes a cancelled statement behind the scenes): never lend that.
+            raise asyncpg.InterfaceError("connection still in a transaction after the reset")
 
     async def close(self, conn: asyncpg.Connection) -> None:
         # A graceful close waits for the server; past the bound asyncpg aborts the socket.

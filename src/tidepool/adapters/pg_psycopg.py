@@ -29,6 +29,7 @@ from ._pg import (
     TRANSIENT_CONNECT_SQLSTATES,
     PGTarget,
     begin_sql,
+    forget_locals,
     is_disconnect_sqlstate,
     resolve_credentials,
     resolve_credentials_sync,
@@ -170,6 +171,15 @@ async def _cancel_within_async(cancel: Any, timeout: float) -> None:
         cancel.finish()
 
 
+def _scrubbed(failure: Exception) -> Exception:
+    """The error to raise for a failed connect, with the password-holding frames cleared."""
+    forget_locals(failure)
+    error = _classify(failure)
+    if error is not failure:
+        error.__cause__ = failure
+    return error
+
+
 def _classify(exc: Exception) -> Exception:
     """Permanent connect failures become ``ConnectError``; the rest are retried."""
     sqlstate = getattr(exc, "sqlstate", None)
@@ -205,13 +215,21 @@ class PsycopgManager(_PsycopgCommon):
     """
 
     def connect(self) -> psycopg.Connection[Any]:
-        kwargs = self._kwargs(resolve_credentials_sync(self._connect_kwargs))
+        # The password lives in _open()'s frame only; see AsyncpgManager.connect.
+        failure: Exception
         try:
-            conn = psycopg.Connection.connect(**kwargs)
+            conn = self._open()
         except Exception as exc:
-            raise _classify(exc) from exc
-        self._prepare_cancel(conn)
-        return conn
+            failure = exc
+        else:
+            self._prepare_cancel(conn)
+            return conn
+        raise _scrubbed(failure)
+
+    def _open(self) -> psycopg.Connection[Any]:
+        return psycopg.Connection.connect(
+            **self._kwargs(resolve_credentials_sync(self._connect_kwargs))
+        )
 
     def check(self, conn: psycopg.Connection[Any]) -> None:
         _run_bounded(conn, b"SELECT 1", self._timeout)
@@ -232,6 +250,7 @@ class PsycopgManager(_PsycopgCommon):
         if script:
             _run_bounded(conn, script.encode(), self._timeout)
         self._forget_notifications(conn)
+        _require_idle(conn.info.transaction_status)
 
     def close(self, conn: psycopg.Connection[Any]) -> None:
         if conn.closed:
@@ -315,11 +334,19 @@ def _run_bounded(conn: psycopg.Connection[Any], query: bytes, timeout: float) ->
     _send(pgconn, query)
     while pgconn.flush():
         _wait(pgconn.socket, False, deadline)
-    pgconn.consume_input()
-    while pgconn.is_busy():
-        _wait(pgconn.socket, True, deadline)
+    error: str | None = None
+    while True:
+        # get_result() blocks (holding the GIL) until the next result is complete: call it
+        # only once libpq says it is, for every result of a multi-statement script.
         pgconn.consume_input()
-    _collect(pgconn)
+        while pgconn.is_busy():
+            _wait(pgconn.socket, True, deadline)
+            pgconn.consume_input()
+        result = pgconn.get_result()
+        if result is None:
+            break
+        error = error or _error_of(result)
+    _finish(pgconn, error)
 
 
 def _send(pgconn: pq.abc.PGconn, query: bytes) -> None:
@@ -328,12 +355,20 @@ def _send(pgconn: pq.abc.PGconn, query: bytes) -> None:
     pgconn.send_query(query)
 
 
-def _collect(pgconn: pq.abc.PGconn) -> None:
-    """Read every result of the finished query; raise the first error."""
-    error: str | None = None
-    while (result := pgconn.get_result()) is not None:
-        if result.status == pq.ExecStatus.FATAL_ERROR and error is None:
-            error = (result.error_message or b"").decode(errors="replace").strip()
+def _require_idle(status: pq.TransactionStatus) -> None:
+    """A reset must leave the session outside any transaction; if a late statement of the
+    last borrower slipped in, the connection is closed rather than lent."""
+    if status != _IDLE:
+        raise psycopg.OperationalError(f"connection still {status.name} after the reset")
+
+
+def _error_of(result: pq.abc.PGresult) -> str | None:
+    if result.status == pq.ExecStatus.FATAL_ERROR:
+        return (result.error_message or b"").decode(errors="replace").strip()
+    return None
+
+
+def _finish(pgconn: pq.abc.PGconn, error: str | None) -> None:
     if pgconn.status != pq.ConnStatus.OK:
         raise psycopg.OperationalError("the connection was lost")
     if error is not None:
@@ -360,15 +395,21 @@ async def _run_bounded_async(
     """
     pgconn = conn.pgconn
     loop = asyncio.get_running_loop()
+    error: str | None = None
     async with asyncio.timeout(timeout):
         _send(pgconn, query)
         while pgconn.flush():
             await _ready(loop, pgconn.socket, False)
-        pgconn.consume_input()
-        while pgconn.is_busy():
-            await _ready(loop, pgconn.socket, True)
+        while True:  # as in _run_bounded: never call get_result() before it is complete
             pgconn.consume_input()
-    _collect(pgconn)
+            while pgconn.is_busy():
+                await _ready(loop, pgconn.socket, True)
+                pgconn.consume_input()
+            result = pgconn.get_result()
+            if result is None:
+                break
+            error = error or _error_of(result)
+    _finish(pgconn, error)
 
 
 async def _ready(loop: asyncio.AbstractEventLoop, fd: int, read: bool) -> None:
@@ -393,13 +434,21 @@ class AsyncPsycopgManager(_PsycopgCommon):
     ``postgresql+psycopg://``). Arguments as :class:`PsycopgManager`."""
 
     async def connect(self) -> psycopg.AsyncConnection[Any]:
-        kwargs = self._kwargs(await resolve_credentials(self._connect_kwargs))
+        # The password lives in _open()'s frame only; see AsyncpgManager.connect.
+        failure: Exception
         try:
-            conn = await psycopg.AsyncConnection.connect(**kwargs)
+            conn = await self._open()
         except Exception as exc:
-            raise _classify(exc) from exc
-        self._prepare_cancel(conn)
-        return conn
+            failure = exc
+        else:
+            self._prepare_cancel(conn)
+            return conn
+        raise _scrubbed(failure)
+
+    async def _open(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(
+            **self._kwargs(await resolve_credentials(self._connect_kwargs))
+        )
 
     async def check(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await _run_bounded_async(conn, b"SELECT 1", self._timeout)
@@ -421,6 +470,7 @@ class AsyncPsycopgManager(_PsycopgCommon):
         if script:
             await _run_bounded_async(conn, script.encode(), self._timeout)
         self._forget_notifications(conn)
+        _require_idle(conn.info.transaction_status)
 
     async def close(self, conn: psycopg.AsyncConnection[Any]) -> None:
         if conn.closed:

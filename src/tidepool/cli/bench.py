@@ -1,11 +1,14 @@
 """``tidepool bench``: size a pool from measurements, not guesswork.
 
-The first version measures the embedded default: a temporary SQLite database seeded with a
-table of 20,000 accounts (or a ``sqlite://`` URL the user names). For each pool size in ``--sizes``,
-and for a baseline that opens a new connection per request, ``--concurrency`` asyncio tasks
-run the workload through :class:`tidepool.AsyncPool` for ``--warmup`` + ``--duration``
-seconds. Only requests that finish inside the measured window count. The output is a table
-(or one JSON document) and the recommended ``max_size``: the smallest size whose throughput is
+With no URL the tool measures the embedded default: a temporary SQLite database seeded with a
+table of 20,000 accounts. With a ``sqlite://`` or ``postgresql://`` URL it measures that
+database through the adapter users run (SQLite's, asyncpg, or psycopg with
+``postgresql+psycopg://``), seeding its own tables under a unique name and dropping them at the
+end. For each pool size in ``--sizes`` (or a doubling sweep with ``auto``), and for a baseline
+that opens a new connection per request, ``--concurrency`` asyncio tasks per instance run the
+workload through :class:`tidepool.AsyncPool` for ``--warmup`` + ``--duration`` seconds. Only
+requests that finish inside the measured window count. The output is a table, one JSON
+document or CSV, and the recommended ``max_size``: the smallest size whose throughput is
 within 5 % of the best and whose p99 latency is at most 10 % worse than that of the size with
 the best throughput.
 """
@@ -14,55 +17,62 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
-import os
-import platform
-import random
-import sqlite3
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TextIO
+from typing import Any, Literal, NamedTuple
 
-from .. import __version__
 from .._async.pool import AsyncPool
-from .._url import redact_url
-from ..adapters.sqlite import AsyncSQLiteConnection, AsyncSQLiteManager, SQLiteTarget
-from ..errors import ConfigError, PoolError, PoolTimeout
+from ..errors import PoolError, PoolTimeout
+from .common import (
+    EXIT_CODES_HELP,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CommandError,
+    Progress,
+    connect_failure,
+    scrub,
+)
+from .targets import ROWS, WRITE_SHARE, ServerInfo, Target, Work, open_target
 
 __all__ = [
     "BenchConfig",
     "Recommendation",
     "SizeResult",
     "add_parser",
+    "auto_next",
     "percentile",
     "recommend",
     "run",
 ]
 
-Workload = Literal["point-select", "read-write"]
-OutputFormat = Literal["table", "json"]
+Workload = Literal["point-select", "read-write", "query"]
+OutputFormat = Literal["table", "json", "csv"]
 
-SCHEMA_VERSION = 1
-TABLE = "tidepool_bench_accounts"
-ROWS = 20_000
-WRITE_SHARE = 0.2  # read-write: share of requests that are write transactions
 THROUGHPUT_TOLERANCE = 0.05  # a recommended size is within 5 % of the best throughput ...
 P99_TOLERANCE = 0.10  # ... and its p99 at most 10 % worse than the best size's p99
 DEFAULT_SIZES = (1, 2, 4, 8, 16)
 MAX_SIZE_LIMIT = 1024
+AUTO_MAX_SIZE = 256  # the auto sweep never goes past this size ...
+AUTO_MAX_STEPS = 9  # ... nor measures more sizes than this
 MAX_CONCURRENCY = 10_000
+MAX_INSTANCES = 64
 DRAIN_GRACE = 1.0  # seconds the tasks get to finish their last request before being cancelled
+SAMPLE_EVERY = 0.2  # seconds between two looks at the server's session count
+SPINDLES = 1  # HikariCP's formula: one "spindle" for an SSD-backed server
 
 
 # ---------------------------------------------------------------------- arguments
 
 
-def _sizes(text: str) -> tuple[int, ...]:
+def _sizes(text: str) -> tuple[int, ...] | Literal["auto"]:
+    if text.strip().lower() == "auto":
+        return "auto"
     items = [item.strip() for item in text.split(",")]
     sizes: set[int] = set()
     for item in items:
@@ -71,10 +81,9 @@ def _sizes(text: str) -> tuple[int, ...]:
         except ValueError:
             size = 0
         if not 1 <= size <= MAX_SIZE_LIMIT:
-            hint = " ('auto' is not supported yet)" if text.strip() == "auto" else ""
             raise argparse.ArgumentTypeError(
-                f"expected a comma-separated list of pool sizes from 1 to {MAX_SIZE_LIMIT} "
-                f"such as 1,2,4,8, got {text!r}{hint}"
+                f"expected 'auto' or a comma-separated list of pool sizes from 1 to "
+                f"{MAX_SIZE_LIMIT} such as 1,2,4,8, got {text!r}"
             )
         sizes.add(size)
     return tuple(sorted(sizes))
@@ -104,16 +113,28 @@ def _milliseconds(text: str) -> float:
     return _number(text, minimum=0.0, inclusive=True, what="a number of milliseconds")
 
 
-def _concurrency(text: str) -> int:
+def _int_range(text: str, low: int, high: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_CONCURRENCY:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of tasks from 1 to {MAX_CONCURRENCY}, got {text!r}"
-        )
+        value = low - 1
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected {what} from {low} to {high}, got {text!r}")
     return value
+
+
+def _concurrency(text: str) -> int:
+    return _int_range(text, 1, MAX_CONCURRENCY, "a number of tasks")
+
+
+def _instances(text: str) -> int:
+    return _int_range(text, 1, MAX_INSTANCES, "a number of instances")
+
+
+def _query(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected an SQL statement, got an empty string")
+    return text
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -123,37 +144,60 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="load-test a database through pools of several sizes and recommend one",
         description=(
             "Run a concurrent workload through tidepool.AsyncPool for each pool size, and "
-            "once with a new connection per request, then print throughput, latency and "
-            "acquire wait per size and the size to use. With no URL: a temporary SQLite "
-            "database seeded with 20,000 rows."
+            "once with a new connection per request, then print throughput, latency, acquire "
+            "wait and server-side connections per size, and the size to use. With no URL: a "
+            "temporary SQLite database seeded with 20,000 rows. With a URL, the tool creates "
+            "its tables under a unique name and drops them at the end."
         ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "url",
         nargs="?",
         metavar="URL",
-        help="database to measure; only sqlite:// so far (default: a temporary SQLite file)",
+        help="database to measure: sqlite:///path.db, postgresql://user@host:5432/db "
+        "(+asyncpg or +psycopg to choose the driver); default: a temporary SQLite file",
     )
     parser.add_argument(
         "--workload",
         choices=("point-select", "read-write"),
         default="read-write",
-        help="point-select: primary-key lookups; read-write: 80%% lookups, 20%% short "
-        "write transactions (default: read-write)",
+        help="point-select: primary-key lookups; read-write: 80%% lookups, 20%% write "
+        "transactions (update, select, insert into a history table), like pgbench "
+        "(default: read-write)",
+    )
+    parser.add_argument(
+        "--query",
+        type=_query,
+        metavar="SQL",
+        help="run this statement per request instead of a workload (no parameters; on a "
+        "URL nothing is seeded)",
     )
     parser.add_argument(
         "--sizes",
         type=_sizes,
         default=DEFAULT_SIZES,
-        metavar="N,N,...",
-        help="pool sizes to measure (default: 1,2,4,8,16)",
+        metavar="N,N,...|auto",
+        help="pool sizes to measure, or auto: 1, 2, 4, ... until throughput falls more than "
+        f"5%% below the best or stops improving twice (at most {AUTO_MAX_STEPS} sizes, "
+        "up to --concurrency and the server's free connections) (default: 1,2,4,8,16)",
     )
     parser.add_argument(
         "--concurrency",
         type=_concurrency,
         default=64,
         metavar="N",
-        help="concurrent asyncio tasks issuing requests (default: 64)",
+        help="concurrent asyncio tasks issuing requests, per instance (default: 64)",
+    )
+    parser.add_argument(
+        "--instances",
+        type=_instances,
+        default=1,
+        metavar="K",
+        help="application instances that will share the server: K pools of each size run "
+        "side by side (in this process) and the connection limit is checked for "
+        "size * K (default: 1)",
     )
     parser.add_argument(
         "--duration",
@@ -190,9 +234,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--format",
-        choices=("table", "json"),
+        choices=("table", "json", "csv"),
         default="table",
-        help="table: plain text; json: one JSON document on stdout (default: table)",
+        help="table: plain text; json: one JSON document on stdout (schema: "
+        "tidepool/cli/schema/bench.schema.json); csv: one row per size (default: table)",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw throughput and p99 latency against pool size into FILE.png "
+        "(needs matplotlib: pip install 'tidepool[cli]')",
     )
     return parser
 
@@ -203,29 +254,39 @@ class BenchConfig:
 
     url: str | None
     workload: Workload
-    sizes: tuple[int, ...]
+    query: str | None
+    sizes: tuple[int, ...] | Literal["auto"]
     concurrency: int
+    instances: int
     duration: float
     warmup: float
     work_ms: float
     hold: bool
     acquire_timeout: float
     format: OutputFormat
+    plot: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BenchConfig:
         return cls(
             url=args.url,
-            workload=args.workload,
-            sizes=tuple(args.sizes),
+            workload="query" if args.query is not None else args.workload,
+            query=args.query,
+            sizes=args.sizes,
             concurrency=args.concurrency,
+            instances=args.instances,
             duration=args.duration,
             warmup=args.warmup,
             work_ms=args.work_ms,
             hold=args.hold,
             acquire_timeout=args.acquire_timeout,
             format=args.format,
+            plot=args.plot,
         )
+
+    @property
+    def write_share(self) -> float:
+        return WRITE_SHARE if self.workload == "read-write" else 0.0
 
 
 # ---------------------------------------------------------------------- statistics
@@ -269,9 +330,16 @@ class SizeResult:
     timeouts: int
     errors: int
     first_error: str | None
+    server_connections: int | None = None  # most server-side sessions seen (PostgreSQL)
 
     @classmethod
-    def of(cls, size: int | None, samples: _Samples, duration: float) -> SizeResult:
+    def of(
+        cls,
+        size: int | None,
+        samples: _Samples,
+        duration: float,
+        server_connections: int | None = None,
+    ) -> SizeResult:
         def ms(p: float, values: list[float]) -> float | None:
             value = percentile(values, p)
             return None if value is None else round(value * 1000.0, 3)
@@ -289,6 +357,7 @@ class SizeResult:
             timeouts=samples.timeouts,
             errors=samples.errors,
             first_error=samples.first_error,
+            server_connections=server_connections,
         )
 
 
@@ -356,67 +425,93 @@ def recommend(results: Sequence[SizeResult]) -> Recommendation | None:
     return Recommendation(size=chosen.size, best_size=best.size, reason=why)
 
 
-# ---------------------------------------------------------------------- the workload
-# Plain functions of the raw sqlite3 connection, each run in one hop on the connection's
-# own thread (so a write transaction holds SQLite's write lock as briefly as possible).
+# ---------------------------------------------------------------------- sizing advice
 
 
-def _point_select(raw: sqlite3.Connection, key: int) -> Any:
-    return raw.execute(
-        f"SELECT id, name, balance, updated_at FROM {TABLE} WHERE id = ?", (key,)
-    ).fetchone()
+def auto_next(measured: Sequence[SizeResult], cap: int) -> int | None:
+    """The next size of the ``auto`` sweep after ``measured`` (in order), or ``None`` to stop.
+
+    The sweep doubles from 1 and stops once a size's throughput falls more than 5 % below the
+    best so far, or the last two sizes both failed to beat the best before them by 5 % (a
+    plateau), or after ``AUTO_MAX_STEPS`` sizes, or at ``cap``.
+    """
+    pooled = [r for r in measured if r.size is not None]
+    if not pooled:
+        return 1 if cap >= 1 else None
+    last = pooled[-1]
+    assert last.size is not None
+    if len(pooled) >= AUTO_MAX_STEPS or last.size >= cap:
+        return None
+    best = max(r.req_per_s for r in pooled)
+    if last.req_per_s < (1.0 - THROUGHPUT_TOLERANCE) * best:
+        return None
+    if len(pooled) >= 3:
+        before = max(r.req_per_s for r in pooled[:-2])
+        if all(r.req_per_s < (1.0 + THROUGHPUT_TOLERANCE) * before for r in pooled[-2:]):
+            return None
+    return min(last.size * 2, cap)
 
 
-def _update_balance(raw: sqlite3.Connection, key: int, delta: int, now: float) -> Any:
-    raw.execute("BEGIN IMMEDIATE")
-    try:
-        raw.execute(
-            f"UPDATE {TABLE} SET balance = balance + ?, updated_at = ? WHERE id = ?",
-            (delta, now, key),
-        )
-        row = raw.execute(f"SELECT balance FROM {TABLE} WHERE id = ?", (key,)).fetchone()
-        raw.execute("COMMIT")
-    except BaseException:
-        if raw.in_transaction:
-            raw.rollback()
-        raise
-    return row
+@dataclass(frozen=True, slots=True)
+class Hikari:
+    """HikariCP's starting point ``cores * 2 + spindles`` (``size`` is ``None``: unknown)."""
+
+    cores: int | None
+    spindles: int
+    size: int | None
+    note: str
 
 
-def _seed(raw: sqlite3.Connection, rows: int) -> None:
-    raw.execute(f"DROP TABLE IF EXISTS {TABLE}")
-    raw.execute(
-        f"CREATE TABLE {TABLE} (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-        "balance INTEGER NOT NULL, updated_at REAL NOT NULL)"
+def hikari(info: ServerInfo) -> Hikari:
+    if info.cores is None:
+        return Hikari(None, SPINDLES, None, "server cores unknown (not a local server)")
+    size = info.cores * 2 + SPINDLES
+    where = "this machine's: the server is local" if info.local else "reported"
+    return Hikari(
+        info.cores,
+        SPINDLES,
+        size,
+        f"cores * 2 + spindles = {info.cores} * 2 + {SPINDLES} "
+        f"({info.cores} cores, {where}; {SPINDLES} spindle assumed)",
     )
-    rng = random.Random(42)
-    now = time.time()
-    raw.execute("BEGIN")
-    raw.executemany(
-        f"INSERT INTO {TABLE} (id, name, balance, updated_at) VALUES (?, ?, ?, ?)",
-        (
-            (i, f"account-{i:06d}", rng.randrange(0, 1_000_000), now - rng.random() * 86_400)
-            for i in range(1, rows + 1)
-        ),
+
+
+def limit_warning(size: int, instances: int, info: ServerInfo) -> str | None:
+    """A warning when ``size * instances`` connections would not fit on the server."""
+    if info.max_connections is None or info.connections_available is None:
+        return None
+    need = size * instances
+    reserved = info.reserved_connections or 0
+    usable = info.max_connections - reserved
+    # The tool's own admin connection counts in connections_in_use and leaves with it.
+    others = max(0, (info.connections_in_use or 0) - 1)
+    free = max(0, usable - others)
+    if need <= free:
+        return None
+    what = f"max_size={size}" + (f" x {instances} instances" if instances > 1 else "")
+    return (
+        f"{what} = {need} connections, but the server allows {usable} "
+        f"(max_connections {info.max_connections} minus {reserved} reserved) and {others} are "
+        f"in use by others: {free} free"
     )
-    raw.execute("COMMIT")
 
 
-class _Workload:
-    """One request's database work, chosen at random per the workload's mix."""
+@dataclass(slots=True)
+class Outcome:
+    """Everything one run measured and concluded (what the renderers show)."""
 
-    def __init__(self, config: BenchConfig, rows: int) -> None:
-        self._rows = rows
-        self._write_share = WRITE_SHARE if config.workload == "read-write" else 0.0
-        self._rng = random.Random(7)
-
-    async def __call__(self, conn: AsyncSQLiteConnection) -> None:
-        rng = self._rng
-        key = rng.randint(1, self._rows)
-        if rng.random() < self._write_share:
-            await conn.run(_update_balance, key, rng.randint(-100, 100), time.time())
-        else:
-            await conn.run(_point_select, key)
+    config: BenchConfig
+    database: str
+    kind: str
+    driver: str
+    table: str | None
+    rows: int | None
+    server: ServerInfo
+    results: list[SizeResult] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    recommendation: Recommendation | None = None
+    hikari: Hikari | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------- the measurement
@@ -445,7 +540,7 @@ async def _worker(request: _Request, window: _Window, samples: _Samples) -> None
         except Exception as exc:
             if window.begin <= clock() <= window.end:
                 samples.failed(exc)
-            await asyncio.sleep(0)  # a failing request must not starve the event loop
+            await asyncio.sleep(0.001)  # a failing request must not starve the event loop
             continue
         t1 = clock()
         if window.begin <= t1 <= window.end:
@@ -453,30 +548,46 @@ async def _worker(request: _Request, window: _Window, samples: _Samples) -> None
             samples.waits.append(wait)
 
 
-async def _measure(config: BenchConfig, request: _Request) -> _Samples:
-    """Run ``config.concurrency`` tasks issuing requests for warmup + duration; keep the
-    samples of the requests that finished inside the measured window."""
+async def _measure(
+    config: BenchConfig,
+    requests: Sequence[_Request],
+    target: Target,
+    progress: Progress,
+) -> tuple[_Samples, int | None]:
+    """Run ``concurrency * instances`` tasks issuing requests for warmup + duration; keep
+    the samples of the requests that finished inside the measured window, and the most
+    server-side sessions seen during it."""
     samples = _Samples()
-    now = time.perf_counter()
-    window = _Window(begin=now + config.warmup, end=now + config.warmup + config.duration)
+    start = time.perf_counter()
+    window = _Window(begin=start + config.warmup, end=start + config.warmup + config.duration)
     tasks = [
-        asyncio.create_task(_worker(request, window, samples), name=f"bench-{i}")
-        for i in range(config.concurrency)
+        asyncio.create_task(_worker(requests[i % len(requests)], window, samples), name=f"b-{i}")
+        for i in range(config.concurrency * config.instances)
     ]
+    peak: int | None = None
+    total = config.warmup + config.duration
     try:
-        await asyncio.sleep(max(0.0, window.end - time.perf_counter()))
+        while (now := time.perf_counter()) < window.end:
+            if now >= window.begin:
+                try:
+                    seen = await target.sessions()
+                except Exception:
+                    seen = None
+                if seen is not None:
+                    peak = seen if peak is None else max(peak, seen)
+            phase = "warmup" if now < window.begin else f"{len(samples.latencies):,} requests"
+            progress.update(f"{now - start:.1f}/{total:.1f} s, {phase}")
+            await asyncio.sleep(max(0.0, min(SAMPLE_EVERY, window.end - time.perf_counter())))
     finally:
         window.stop = True
         _, pending = await asyncio.wait(tasks, timeout=DRAIN_GRACE)
         for task in pending:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return samples
+    return samples, peak
 
 
-def _pooled(
-    pool: AsyncPool[AsyncSQLiteConnection], work: _Workload, config: BenchConfig
-) -> _Request:
+def _pooled(pool: AsyncPool[Any], work: Work, config: BenchConfig) -> _Request:
     clock = time.perf_counter
     app_s = config.work_ms / 1000.0
     hold = config.hold
@@ -495,7 +606,7 @@ def _pooled(
     return request
 
 
-def _unpooled(manager: AsyncSQLiteManager, work: _Workload, config: BenchConfig) -> _Request:
+def _unpooled(manager: Any, work: Work, config: BenchConfig) -> _Request:
     clock = time.perf_counter
     app_s = config.work_ms / 1000.0
     hold = config.hold
@@ -519,75 +630,129 @@ def _unpooled(manager: AsyncSQLiteManager, work: _Workload, config: BenchConfig)
     return request
 
 
-class _BenchFailure(Exception):
-    """The benchmark could not run (exit code 1); the message is one line for the user."""
+def _finish(progress: Progress, result: SizeResult) -> None:
+    extra = f", {result.timeouts} timeouts" if result.timeouts else ""
+    extra += f", {result.errors} errors" if result.errors else ""
+    progress.done(f"{result.req_per_s:,.0f} req/s{extra}")
 
 
-class _UsageError(Exception):
-    """The arguments cannot be used (exit code 2); the message is one line for the user."""
-
-
-class _Progress:
-    """Progress lines on stderr, only when it is a terminal (stdout stays clean)."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        try:
-            self.enabled = stream.isatty()
-        except (AttributeError, ValueError):
-            self.enabled = False
-
-    def start(self, text: str) -> None:
-        if self.enabled:
-            self._stream.write(f"{text} ...")
-            self._stream.flush()
-
-    def done(self, text: str = "done") -> None:
-        if self.enabled:
-            self._stream.write(f" {text}\n")
-            self._stream.flush()
-
-
-async def _measure_all(
-    config: BenchConfig, target: SQLiteTarget, progress: _Progress
-) -> list[SizeResult]:
-    work = _Workload(config, ROWS)
-    results: list[SizeResult] = []
-
-    def finish(result: SizeResult) -> None:
-        results.append(result)
-        extra = f", {result.timeouts} timeouts" if result.timeouts else ""
-        extra += f", {result.errors} errors" if result.errors else ""
-        progress.done(f"{result.req_per_s:,.0f} req/s{extra}")
-
-    progress.start("measuring no pool (a new connection per request)")
-    baseline = AsyncSQLiteManager(target)
-    try:
-        samples = await _measure(config, _unpooled(baseline, work, config))
-    finally:
-        await baseline.dispose()
-    finish(SizeResult.of(None, samples, config.duration))
-
-    for size in config.sizes:
-        progress.start(f"measuring size {size}")
-        pool = AsyncPool(
-            AsyncSQLiteManager(target),
+async def _measure_size(
+    config: BenchConfig, target: Target, work: Work, size: int, progress: Progress
+) -> SizeResult:
+    progress.start(
+        f"measuring size {size}" + (f" x {config.instances}" if config.instances > 1 else "")
+    )
+    pools: list[AsyncPool[Any]] = [
+        AsyncPool(
+            target.manager(),
             max_size=size,
             min_size=size,
             acquire_timeout=config.acquire_timeout,
-            name=f"bench-{size}",
+            name=f"bench-{size}-{i}",
+        )
+        for i in range(config.instances)
+    ]
+    try:
+        try:
+            await asyncio.gather(*(pool.open() for pool in pools))
+        except (PoolError, OSError) as exc:
+            progress.done("failed")
+            failure = connect_failure(exc, target.display, target.secrets)
+            raise CommandError(f"size {size}: {failure}", failure.code) from None
+        requests = [_pooled(pool, work, config) for pool in pools]
+        samples, peak = await _measure(config, requests, target, progress)
+    finally:
+        for pool in pools:
+            await pool.aclose()
+    result = SizeResult.of(size, samples, config.duration, peak)
+    _finish(progress, result)
+    return result
+
+
+async def _measure_baseline(
+    config: BenchConfig, target: Target, work: Work, progress: Progress
+) -> SizeResult:
+    progress.start("measuring no pool (a new connection per request)")
+    manager = target.manager()
+    try:
+        samples, peak = await _measure(config, [_unpooled(manager, work, config)], target, progress)
+    finally:
+        await target.dispose(manager)
+    result = SizeResult.of(None, samples, config.duration, peak)
+    _finish(progress, result)
+    return result
+
+
+async def _measure_all(
+    config: BenchConfig, target: Target, outcome: Outcome, progress: Progress
+) -> None:
+    rows = outcome.rows or ROWS
+    work = target.work(config.workload, config.query, rows, seed=7)
+    outcome.results.append(await _measure_baseline(config, target, work, progress))
+    info = target.info
+    free = None
+    if info.connections_available is not None:
+        free = info.connections_available // config.instances
+    if config.sizes == "auto":
+        cap = min(AUTO_MAX_SIZE, max(1, config.concurrency))
+        if free is not None:
+            cap = min(cap, free)
+        size = auto_next([], cap)
+        while size is not None:
+            outcome.results.append(await _measure_size(config, target, work, size, progress))
+            size = auto_next(outcome.results, cap)
+        return
+    for size in config.sizes:
+        if free is not None and size > free:
+            outcome.skipped.append(
+                (
+                    size,
+                    f"needs {size * config.instances} connections; the server has "
+                    f"{info.connections_available} free",
+                )
+            )
+            continue
+        outcome.results.append(await _measure_size(config, target, work, size, progress))
+
+
+async def _bench(config: BenchConfig, target: Target, progress: Progress) -> Outcome:
+    progress.start(f"connecting to {target.display}")
+    await target.open_admin()
+    progress.done(f"{target.info.kind} {target.info.version}")
+    try:
+        seeded = config.query is None or config.url is None
+        if seeded:
+            progress.start(f"seeding {ROWS:,} rows")
+            await target.seed(ROWS)
+            progress.done()
+        outcome = Outcome(
+            config=config,
+            database=target.display,
+            kind=target.kind,
+            driver=target.driver,
+            table=target.table if seeded else None,
+            rows=ROWS if seeded else None,
+            server=target.info,
         )
         try:
-            try:
-                await pool.open()
-            except Exception as exc:
-                progress.done("failed")
-                raise _BenchFailure(f"cannot open a pool of size {size}: {exc}") from exc
-            samples = await _measure(config, _pooled(pool, work, config))
+            await _measure_all(config, target, outcome, progress)
         finally:
-            await pool.aclose()
-        finish(SizeResult.of(size, samples, config.duration))
-    return results
+            await target.drop()
+    finally:
+        await target.close_admin()
+    outcome.recommendation = recommend(outcome.results)
+    outcome.hikari = hikari(target.info)
+    for size, why in outcome.skipped:
+        outcome.warnings.append(f"size {size} not measured: {why}")
+    for r in outcome.results:
+        if r.errors:
+            what = "no pool" if r.size is None else f"size {r.size}"
+            outcome.warnings.append(f"{what}: {r.errors} requests failed ({r.first_error})")
+    if outcome.recommendation is not None:
+        warning = limit_warning(outcome.recommendation.size, config.instances, target.info)
+        if warning is not None:
+            outcome.warnings.append(warning)
+    return outcome
 
 
 # ---------------------------------------------------------------------- running it
@@ -598,171 +763,30 @@ def run(args: argparse.Namespace) -> int:
     config = BenchConfig.from_args(args)
     try:
         return _run(config)
-    except _UsageError as exc:
+    except CommandError as exc:
         print(f"tidepool bench: error: {exc}", file=sys.stderr)
-        return 2
-    except _BenchFailure as exc:
-        print(f"tidepool bench: {exc}", file=sys.stderr)
-        return 1
-    except (PoolError, sqlite3.Error, OSError) as exc:
-        print(f"tidepool bench: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return exc.code
     except KeyboardInterrupt:
         print("tidepool bench: interrupted", file=sys.stderr)
-        return 130
-
-
-def _target(url: str) -> SQLiteTarget:
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if scheme.partition("+")[0] != "sqlite":
-        shown = redact_url(url)
-        kind = f"a {scheme}:// URL" if scheme else "a URL without a scheme"
-        raise _UsageError(
-            f"only SQLite is supported so far, got {kind} ({shown!r}); run without a URL "
-            "for a temporary SQLite database, or pass sqlite:///path/to/file.db"
-        )
-    try:
-        return SQLiteTarget.from_url(url)
-    except ConfigError as exc:
-        raise _UsageError(str(exc)) from None
+        return EXIT_INTERRUPTED
 
 
 def _run(config: BenchConfig) -> int:
-    progress = _Progress(sys.stderr)
-    if config.url is not None:
-        return _bench(config, _target(config.url), redact_url(config.url), progress)
+    from . import render
+
+    if config.plot is not None:
+        render.require_matplotlib()
+    progress = Progress(sys.stderr)
     with tempfile.TemporaryDirectory(prefix="tidepool-bench-") as tmp:
         path = Path(tmp, "bench.db").resolve().as_posix()
-        target = SQLiteTarget.from_url(f"sqlite:///{path}")
-        return _bench(config, target, "a temporary SQLite file", progress)
-
-
-def _bench(config: BenchConfig, target: SQLiteTarget, database: str, progress: _Progress) -> int:
-    progress.start(f"seeding {ROWS:,} rows into {TABLE} in {database}")
-    try:
-        # Kept open for the whole run: the database (and its WAL) lives on between sizes,
-        # as a server would, and a shared in-memory database is not dropped.
-        keeper = target.open({})
-    except (sqlite3.Error, PoolError, OSError) as exc:
-        progress.done("failed")
-        raise _BenchFailure(f"cannot open {database}: {exc}") from exc
-    try:
+        target = open_target(config.url, path)
         try:
-            _seed(keeper, ROWS)
-        except sqlite3.Error as exc:
+            outcome = asyncio.run(_bench(config, target, progress))
+        except (PoolError, OSError) as exc:
             progress.done("failed")
-            raise _BenchFailure(f"cannot create the table {TABLE} in {database}: {exc}") from exc
-        progress.done()
-        results = asyncio.run(_measure_all(config, target, progress))
-    finally:
-        try:
-            if keeper.in_transaction:
-                keeper.rollback()
-            keeper.execute(f"DROP TABLE IF EXISTS {TABLE}")
-        except sqlite3.Error:
-            pass
-        keeper.close()
-    recommendation = recommend(results)
-    env = environment()
-    if config.format == "json":
-        document = report(config, database, env, results, recommendation)
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
-    else:
-        sys.stdout.write(render_table(config, database, env, results, recommendation))
-    sys.stdout.flush()
-    return 0 if recommendation is not None else 1
-
-
-# ---------------------------------------------------------------------- output
-
-
-def environment() -> dict[str, Any]:
-    """Where the numbers were measured."""
-    return {
-        "python": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "sqlite": sqlite3.sqlite_version,
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "tidepool": __version__,
-    }
-
-
-def report(
-    config: BenchConfig,
-    database: str,
-    env: dict[str, Any],
-    results: Sequence[SizeResult],
-    recommendation: Recommendation | None,
-) -> dict[str, Any]:
-    """The JSON document: config, environment, per-size results and the recommendation."""
-    settings = asdict(config)
-    settings["url"] = None if config.url is None else redact_url(config.url)
-    settings["sizes"] = list(config.sizes)
-    settings.update(database=database, table=TABLE, rows=ROWS)
-    settings["write_share"] = WRITE_SHARE if config.workload == "read-write" else 0.0
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "config": settings,
-        "environment": env,
-        "results": [asdict(r) for r in results],
-        "recommendation": None if recommendation is None else asdict(recommendation),
-    }
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def render_table(
-    config: BenchConfig,
-    database: str,
-    env: dict[str, Any],
-    results: Sequence[SizeResult],
-    recommendation: Recommendation | None,
-) -> str:
-    """The plain-text report: what was measured, the table, the recommendation."""
-    work = ""
-    if config.work_ms:
-        where = "holding the connection" if config.hold else "not holding the connection"
-        work = f", {config.work_ms:g} ms of app work per request ({where})"
-    lines = [
-        f"tidepool bench: {config.workload} on {database} ({ROWS:,} rows), "
-        f"concurrency {config.concurrency}, {config.duration:g} s per size "
-        f"after {config.warmup:g} s warmup{work}",
-        f"python {env['python']}, SQLite {env['sqlite']}, {env['cpu_count']} CPUs, "
-        f"tidepool {env['tidepool']}",
-        "",
-    ]
-    header = ("size", "req/s", "p50 ms", "p99 ms", "p99 wait ms", "timeouts")
-    rows = [
-        (
-            r.label,
-            f"{r.req_per_s:.0f}",
-            _ms(r.p50_ms),
-            _ms(r.p99_ms),
-            _ms(r.p99_wait_ms),
-            str(r.timeouts),
-        )
-        for r in results
-    ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
-        return "  ".join((first, *rest)).rstrip()
-
-    lines.append(line(header))
-    lines.extend(line(row) for row in rows)
-    lines.append("")
-    for r in results:
-        if r.errors:
-            what = "no pool" if r.size is None else f"size {r.size}"
-            lines.append(f"note: {what}: {r.errors} requests failed ({r.first_error})")
-    if recommendation is None:
-        lines.append("recommended: none (no pool size completed a request)")
-    else:
-        lines.append(f"recommended: max_size={recommendation.size}")
-        lines.append(f"why: size {recommendation.size}: {recommendation.reason}")
-    return "\n".join(lines) + "\n"
+            message = scrub(f"failed: {type(exc).__name__}: {exc}", target.secrets)
+            raise CommandError(message) from None
+    render.write(outcome, sys.stdout)
+    if config.plot is not None:
+        render.plot(outcome, config.plot)
+    return EXIT_OK if outcome.recommendation is not None else EXIT_FAILURE

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from .common import EXIT_CODES_HELP
+
 
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line on stderr (exit code 2), no usage dump."""
@@ -17,12 +19,18 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``tidepool`` argument parser with every subcommand."""
-    from . import bench
+    from . import bench, check
 
-    parser = _Parser(prog="tidepool", description="tidepool connection pools")
+    parser = _Parser(
+        prog="tidepool",
+        description="tidepool connection pools: size a pool (bench), check a database (check)",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("version", help="print the version")
     bench.add_parser(sub)
+    check.add_parser(sub)
     return parser
 
 
@@ -37,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import bench
 
         return bench.run(args)
+    if args.command == "check":
+        from . import check
+
+        return check.run(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover
 
 
