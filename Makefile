@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit bench benchmark clean
+.PHONY: test lint typecheck unit bench benchmark soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench: $(STAMP)
 ## make benchmark: pool overhead beside reference pools (not part of make test)
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/checkout.py
+
+## make soak: a mixed workload with random faults against a private PostgreSQL
+## (SOAK_SECONDS, default 120; SOAK_SEED; SOAK_JSON=report.json)
+soak: $(STAMP)
+	$(BIN)/python tests/faults/soak.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
