@@ -10,7 +10,10 @@ from ..errors import ConfigError
 
 __all__ = ["resolve"]
 
-_SUPPORTED = "sqlite:// (built in), postgresql:// and postgres:// (tidepool[postgres])"
+_SUPPORTED = (
+    "sqlite:// (built in), postgresql:// and postgres:// (tidepool[postgres]), "
+    "mysql:// and mariadb:// (tidepool[mysql]), redis://, rediss:// and unix:// (tidepool[redis])"
+)
 
 
 def resolve(url: str, flavor: Literal["async", "sync"], options: Options) -> tuple[Any, str]:
@@ -33,6 +36,10 @@ def resolve(url: str, flavor: Literal["async", "sync"], options: Options) -> tup
         return manager, target.display
     if base in ("postgresql", "postgres"):
         return _postgres(url, flavor, options)
+    if base in ("mysql", "mariadb"):
+        return _extra("mysql", url, flavor, options)
+    if base in ("redis", "rediss", "unix"):
+        return _extra("redis", url, flavor, options)
     raise ConfigError(
         f"unsupported database URL scheme {scheme or '(none)'!r} in {redact_url(url)!r}; "
         f"supported: {_SUPPORTED}"
@@ -73,3 +80,20 @@ def _postgres(url: str, flavor: Literal["async", "sync"], options: Options) -> t
         raise ConfigError(
             f"the PostgreSQL driver {driver} is not installed: pip install 'tidepool[postgres]'"
         ) from exc
+
+
+def _extra(
+    name: Literal["mysql", "redis"], url: str, flavor: Literal["async", "sync"], options: Options
+) -> tuple[Any, str]:
+    """Build through ``tidepool.adapters.<name>.build(url, flavor, options)``; a missing
+    driver is a ``ConfigError`` naming the extra to install."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"{__name__}.{name}")
+    except ImportError as exc:
+        raise ConfigError(
+            f"the {name} adapter needs its driver: pip install 'tidepool[{name}]' ({exc})"
+        ) from None
+    built: tuple[Any, str] = module.build(url, flavor, options)
+    return built
