@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sys
 import time
 import weakref
-from collections.abc import AsyncIterator, Generator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Generator, Iterable, Sequence
 from types import CoroutineType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack, overload
 
@@ -25,7 +25,7 @@ from .._pool_base import (
 )
 from ..manager import AsyncManager
 
-__all__ = ["AsyncLease", "AsyncPool"]
+__all__ = ["AsyncLease", "AsyncPool", "AsyncTransaction"]
 
 _get_running_loop = asyncio._get_running_loop
 
@@ -160,6 +160,43 @@ class AsyncLease(LeaseBase[C]):
         op, pending = _advance(flow, None, None)
         if op is not _DONE:  # the reset really waits: finish it within its bound
             await pool._drive(flow, op, pending)
+
+
+class AsyncTransaction(Generic[C]):
+    """What ``AsyncPool.transaction()`` returns. A class rather than an async generator: the
+    event loop finalises async generators itself at shutdown, and one borrowed from inside a
+    user's generator would be closed twice ("asynchronous generator is already running")."""
+
+    __slots__ = ("_lease", "_options", "_pool")
+
+    def __init__(self, pool: AsyncPool[C], options: dict[str, Any], lease: AsyncLease[C]) -> None:
+        self._pool = pool
+        self._options = options
+        self._lease = lease
+
+    async def __aenter__(self) -> C:
+        conn = await self._lease.__aenter__()
+        try:
+            await self._pool.executor_method("begin")(conn, **self._options)
+        except BaseException:
+            await self._lease.__aexit__(None, None, None)
+            raise
+        return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pool, conn = self._pool, self._lease._conn
+        try:
+            if exc_type is None:
+                await pool.executor_method("commit")(conn)
+            else:
+                await _rollback_quietly(pool.executor_method("rollback"), conn, pool.name)
+        finally:
+            await self._lease.__aexit__(exc_type, exc, tb)
 
 
 class AsyncPool(PoolBase[C]):
@@ -383,22 +420,19 @@ class AsyncPool(PoolBase[C]):
         copied: int = await self._drive(self._execute("copy_records", (table, records, columns)))
         return copied
 
-    @asynccontextmanager
-    async def transaction(self, **options: Any) -> AsyncIterator[C]:
-        """Borrow a connection inside a transaction: committed when the block succeeds,
-        rolled back on an exception or cancellation. ``options`` go to the adapter (SQLite:
-        ``mode="deferred"|"immediate"|"exclusive"``)."""
-        begin = self.executor_method("begin")
-        commit = self.executor_method("commit")
-        rollback = self.executor_method("rollback")
-        async with self.acquire() as conn:
-            await begin(conn, **options)
-            try:
-                yield conn
-            except BaseException:
-                await _rollback_quietly(rollback, conn, self.name)
-                raise
-            await commit(conn)
+    def transaction(self, **options: Any) -> AsyncTransaction[C]:
+        """Borrow a connection inside a transaction: ``async with pool.transaction() as
+        conn:`` commits when the block succeeds and rolls back on an exception or
+        cancellation. ``options`` go to the adapter (PostgreSQL: ``isolation``,
+        ``readonly``, ``deferrable``; SQLite: ``mode="deferred"|"immediate"|"exclusive"``).
+
+        Raises:
+            TypeError: the pool's manager has no SQL executor.
+        """
+        self.executor_method("begin")
+        frame = sys._getframe(1)
+        site = (frame.f_code.co_filename, frame.f_lineno, None, None)
+        return AsyncTransaction(self, options, AsyncLease(self, self._default_timeout, site))
 
     # ------------------------------------------------------------ the shell
 
