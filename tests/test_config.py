@@ -338,7 +338,7 @@ def test_manager_target_construction_does_no_io() -> None:
 # ---------------------------------------------------------------------- URLs (B14-B18)
 
 BAD_URLS = {
-    "B14-mysql": f"mysql://u:{PASSWORD}@127.0.0.1/db",
+    "B14-mssql": f"mssql://u:{PASSWORD}@127.0.0.1/db",
     "B14-http": f"http://u:{PASSWORD}@example.com/db",
     "B15-port-abc": f"postgresql://u:{PASSWORD}@127.0.0.1:abc/db",
     "B16-port-range": f"postgresql://u:{PASSWORD}@127.0.0.1:99999/db",
@@ -359,7 +359,7 @@ def test_bad_urls_raise_redacted_config_error(pool_cls: PoolClass, case: str) ->
     assert f"{scheme}://u:***@" in message
 
 
-@pytest.mark.parametrize("url", [BAD_URLS["B14-mysql"], BAD_URLS["B14-http"]])
+@pytest.mark.parametrize("url", [BAD_URLS["B14-mssql"], BAD_URLS["B14-http"]])
 def test_b14_unsupported_scheme(pool_cls: PoolClass, url: str) -> None:
     with pytest.raises(tidepool.ConfigError) as info:
         pool_cls(url)

@@ -19,7 +19,7 @@ CANARY = "Canary-S3cret-7731"
 # the URL itself, so that no frame of the test holds the canary in a local variable.
 BAD_TARGETS: dict[str, str] = {
     # user info
-    "userinfo-unsupported-scheme": f"mysql://app:{CANARY}@db.example:3306/app",
+    "userinfo-unsupported-scheme": f"mssql://app:{CANARY}@db.example:1433/app",
     "userinfo-http": f"http://app:{CANARY}@example.com/app",
     "userinfo-bad-port": f"postgresql://app:{CANARY}@db:abc/app",
     "userinfo-port-range": f"postgresql://app:{CANARY}@db:99999/app",
@@ -27,7 +27,8 @@ BAD_TARGETS: dict[str, str] = {
     # A valid shape since PostgreSQL is supported: an unknown parameter makes it bad.
     "userinfo-unescaped-slash": f"postgresql://app:ab/{CANARY}@db/app?no_such_option=1",
     "userinfo-bad-ipv6": f"postgresql://app:{CANARY}@[::1/app",
-    "userinfo-password-only": f"redis://:{CANARY}@cache:6379/0",
+    # Redis URLs are supported: a non-integer database index keeps this one bad.
+    "userinfo-password-only": f"redis://:{CANARY}@cache:6379/abc",
     "userinfo-sqlite": f"sqlite://app:{CANARY}@/app.db",
     "userinfo-fragment": f"postgresql://app:{CANARY}@db/app#frag",
     # query parameters

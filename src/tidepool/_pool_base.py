@@ -175,7 +175,7 @@ class PoolBase(Flows[C]):
         self.options = opts
         self.manager = manager
         name = opts.name or default_name
-        self._state: PoolState[C] = PoolState(name, _limits(opts))
+        self._state: PoolState[C] = PoolState(name, _limits(opts), is_broken=manager.is_broken)
         self._connect_timeout = opts.connect_timeout
         self._default_timeout = opts.acquire_timeout
         self._leak_watch = opts.leak_timeout is not None
@@ -350,7 +350,9 @@ class PoolBase(Flows[C]):
         self._pid = os.getpid()
         old = self._state
         _inherited_states.append(old)
-        fresh: PoolState[C] = PoolState(old.name, _limits(self.options, old.limits))
+        fresh: PoolState[C] = PoolState(
+            old.name, _limits(self.options, old.limits), is_broken=old.is_broken
+        )
         fresh.closed = old.closed
         self._state = fresh
         self._opened = False

@@ -76,8 +76,18 @@ class Limits:
 class PoolState(Generic[C]):
     """Slots, idle list, waiters and counters of one pool; see the module docstring."""
 
-    def __init__(self, name: str, limits: Limits, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        limits: Limits,
+        *,
+        rng: random.Random | None = None,
+        is_broken: Callable[[Any], bool] | None = None,
+    ) -> None:
         self.name = name
+        # The manager's is_broken (cheap, no I/O by contract): an idle connection the driver
+        # already knows is dead (the server closed it) is retired instead of lent.
+        self.is_broken = is_broken
         self.limits = limits
         self.lock = threading.Lock()
         self.rng = rng or random.Random()
@@ -133,6 +143,10 @@ class PoolState(Generic[C]):
                     idle.pop()
                     self._retire(entry, self._expiry_reason(entry))
                     continue
+                if self._broken(entry):
+                    idle.pop()
+                    self._retire(entry, "broken")
+                    continue
                 check = self.limits.check
                 if check != "never" and (
                     check == "always" or now - entry.idle_since > self.limits.check_idle_after
@@ -167,6 +181,9 @@ class PoolState(Generic[C]):
                 ):
                     self._retire(entry, self._expiry_reason(entry))
                     continue
+                if self._broken(entry):
+                    self._retire(entry, "broken")
+                    continue
                 entry.where = Where.BUSY
                 return entry
             if not may_wait:
@@ -182,6 +199,15 @@ class PoolState(Generic[C]):
             self.waiters.push(waiter)
             self.waited += 1
             return waiter
+
+    def _broken(self, entry: Entry[C]) -> bool:
+        is_broken = self.is_broken
+        if is_broken is None:
+            return False
+        try:
+            return bool(is_broken(entry.conn))
+        except Exception:  # a manager that cannot tell: do not lend what it cannot vouch for
+            return True
 
     def needs_check(self, entry: Entry[C], now: float) -> bool:
         """Whether the ``check`` policy wants a round trip before lending ``entry``."""
