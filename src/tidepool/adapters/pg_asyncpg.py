@@ -180,6 +180,13 @@ class AsyncpgManager:
             conn._tidepool_baseline = baseline
 
     async def reset(self, conn: asyncpg.Connection) -> None:
+        protocol = getattr(conn, "_protocol", None)
+        if protocol is not None and getattr(protocol, "_is_cancelling", lambda: False)():
+            # A cancelled borrower's statement is still being cancelled on the server; until
+            # that is acknowledged the connection is busy ("another operation is in
+            # progress"). asyncpg's own pool waits the same way, through the same private
+            # call; the pool bounds the wait.
+            await protocol._wait_for_cancellation()
         if conn.is_in_transaction():
             await conn.execute("ROLLBACK")
         # A transaction object the borrower started and never finished (cancelled between
