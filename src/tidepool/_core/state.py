@@ -145,6 +145,7 @@ class PoolState(Generic[C]):
                     continue
                 if self._broken(entry):
                     idle.pop()
+                    self.check_failures += 1  # a liveness check at lend, without I/O
                     self._retire(entry, "broken")
                     continue
                 check = self.limits.check
@@ -182,6 +183,7 @@ class PoolState(Generic[C]):
                     self._retire(entry, self._expiry_reason(entry))
                     continue
                 if self._broken(entry):
+                    self.check_failures += 1  # a liveness check at lend, without I/O
                     self._retire(entry, "broken")
                     continue
                 entry.where = Where.BUSY

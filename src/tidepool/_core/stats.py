@@ -29,7 +29,8 @@ class PoolStats:
         connects: connections opened.
         connect_errors: connection attempts that failed.
         closed: connections closed (for any reason).
-        check_failures: liveness checks that failed (the connection was closed).
+        check_failures: liveness checks that failed, the round trip of the ``check`` policy or
+            the manager's ``is_broken`` when lending an idle connection (it was closed).
         reset_failures: resets that failed (the connection was closed).
         reclaimed: lent connections garbage-collected without release.
     """
