@@ -10,13 +10,13 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
-import traceback
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._url import Secret, parse_url
 from ..errors import ConfigError
+from ._errors import forget_locals
 
 __all__ = [
     "DISCONNECT_SQLSTATES",
@@ -125,27 +125,6 @@ DISCONNECT_SQLSTATES = ("57P01", "57P02", "57P03")
 
 # SQLSTATEs worth retrying while connecting: too_many_connections, cannot_connect_now.
 TRANSIENT_CONNECT_SQLSTATES = ("53300", "57P03")
-
-
-def forget_locals(error: BaseException) -> None:
-    """Clear the local variables of every finished frame in the tracebacks of ``error`` and
-    of its causes and contexts.
-
-    A failed connect's traceback runs through frames that held the password (the keyword
-    arguments, asyncpg's ConnectionParameters, psycopg's connection attempts); the error
-    outlives them as a ``PoolTimeout``'s cause, and tools that format tracebacks with their
-    locals (Sentry, debuggers, ``traceback`` with ``capture_locals``) would print it.
-    """
-    seen: set[int] = set()
-    pending = [error]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if current.__traceback__ is not None:
-            traceback.clear_frames(current.__traceback__)
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
 
 
 def is_disconnect_sqlstate(sqlstate: str | None) -> bool:

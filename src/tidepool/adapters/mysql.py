@@ -43,6 +43,7 @@ from pymysql.converters import escape_string  # type: ignore[import-untyped]
 from .._config import Options
 from .._url import Secret, parse_url
 from ..errors import ConfigError, ConnectError
+from ._errors import scrubbed
 from ._pg import forget_locals, resolve_credentials, resolve_credentials_sync
 
 __all__ = ["AsyncMySQLManager", "MySQLManager", "MySQLTarget", "build"]
@@ -500,15 +501,6 @@ def _classify(exc: Exception) -> Exception:
     return exc
 
 
-def _scrubbed(failure: Exception) -> Exception:
-    """The error to raise for a failed connect, with the password-holding frames cleared."""
-    forget_locals(failure)
-    error = _classify(failure)
-    if error is not failure:
-        error.__cause__ = failure
-    return error
-
-
 def _timed_out(error: BaseException) -> bool:
     """A driver error caused by a client-side socket timeout (PyMySQL read_timeout)."""
     return isinstance(error, TimeoutError) or isinstance(
@@ -674,7 +666,7 @@ class MySQLManager(_MySQLCommon):
             failure = exc
         else:
             return conn
-        raise _scrubbed(failure)
+        raise scrubbed(failure, _classify)
 
     def _open(self, resolved: dict[str, Any]) -> Any:
         kwargs = self._kwargs(resolved)
@@ -926,7 +918,7 @@ class AsyncMySQLManager(_MySQLCommon):
             failure = exc
         else:
             return conn
-        raise _scrubbed(failure)
+        raise scrubbed(failure, _classify)
 
     async def _open(self, resolved: dict[str, Any], *, side: bool = False) -> Any:
         kwargs = self._kwargs(resolved)

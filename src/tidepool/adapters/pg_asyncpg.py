@@ -16,13 +16,13 @@ from urllib.parse import quote, urlencode
 import asyncpg
 
 from ..errors import ConfigError, ConnectError
+from ._errors import scrubbed
 from ._pg import (
     BASELINE_SQL,
     RESET_SQL,
     TRANSIENT_CONNECT_SQLSTATES,
     PGTarget,
     begin_sql,
-    forget_locals,
     is_disconnect_sqlstate,
     resolve_credentials,
 )
@@ -141,11 +141,7 @@ class AsyncpgManager:
             return await self._open()
         except Exception as exc:
             failure = exc
-        forget_locals(failure)
-        error = _classify(failure)
-        if error is failure:
-            raise failure
-        raise error from failure
+        raise scrubbed(failure, _classify)
 
     async def _open(self) -> asyncpg.Connection:
         kwargs: dict[str, Any] = dict(self._base)

@@ -23,13 +23,13 @@ import psycopg
 from psycopg import pq, sql
 
 from ..errors import ConnectError
+from ._errors import scrubbed
 from ._pg import (
     BASELINE_SQL,
     RESET_SQL,
     TRANSIENT_CONNECT_SQLSTATES,
     PGTarget,
     begin_sql,
-    forget_locals,
     is_disconnect_sqlstate,
     resolve_credentials,
     resolve_credentials_sync,
@@ -171,15 +171,6 @@ async def _cancel_within_async(cancel: Any, timeout: float) -> None:
         cancel.finish()
 
 
-def _scrubbed(failure: Exception) -> Exception:
-    """The error to raise for a failed connect, with the password-holding frames cleared."""
-    forget_locals(failure)
-    error = _classify(failure)
-    if error is not failure:
-        error.__cause__ = failure
-    return error
-
-
 def _classify(exc: Exception) -> Exception:
     """Permanent connect failures become ``ConnectError``; the rest are retried."""
     sqlstate = getattr(exc, "sqlstate", None)
@@ -224,7 +215,7 @@ class PsycopgManager(_PsycopgCommon):
         else:
             self._prepare_cancel(conn)
             return conn
-        raise _scrubbed(failure)
+        raise scrubbed(failure, _classify)
 
     def _open(self) -> psycopg.Connection[Any]:
         return psycopg.Connection.connect(
@@ -443,7 +434,7 @@ class AsyncPsycopgManager(_PsycopgCommon):
         else:
             self._prepare_cancel(conn)
             return conn
-        raise _scrubbed(failure)
+        raise scrubbed(failure, _classify)
 
     async def _open(self) -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(

@@ -50,7 +50,8 @@ from redis.exceptions import (
 from .._config import Options
 from .._url import Secret, parse_url
 from ..errors import ConfigError, ConnectError
-from ._pg import forget_locals, resolve_credentials, resolve_credentials_sync
+from ._errors import scrubbed
+from ._pg import resolve_credentials, resolve_credentials_sync
 
 __all__ = ["AsyncRedisManager", "RedisManager", "RedisTarget", "build"]
 
@@ -396,15 +397,6 @@ def _classify(exc: Exception) -> Exception:
     return exc
 
 
-def _scrubbed(failure: Exception) -> Exception:
-    """The error to raise for a failed connect, with the password-holding frames cleared."""
-    forget_locals(failure)
-    error = _classify(failure)
-    if error is not failure:
-        error.__cause__ = failure
-    return error
-
-
 def _is_disconnect_error(error: BaseException) -> bool:
     if isinstance(error, (ConnectionError, TimeoutError, OSError)):
         return not isinstance(error, (AuthenticationError, AuthorizationError))
@@ -528,7 +520,7 @@ class AsyncRedisManager(_RedisCommon):
             return await self._open()
         except Exception as exc:
             failure = exc
-        raise _scrubbed(failure)
+        raise scrubbed(failure, _classify)
 
     async def _open(self) -> redis.asyncio.Redis:
         kwargs = self._kwargs(await resolve_credentials(self._connect_kwargs))
@@ -652,7 +644,7 @@ class RedisManager(_RedisCommon):
             return self._open()
         except Exception as exc:
             failure = exc
-        raise _scrubbed(failure)
+        raise scrubbed(failure, _classify)
 
     def _open(self) -> redis.Redis:
         kwargs = self._kwargs(resolve_credentials_sync(self._connect_kwargs))
