@@ -177,7 +177,11 @@ def test_bench_bad_arguments(args: list[str]) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["redis://:s3cret@localhost", "app.db", "postgresql://app:s3cret@localhost:5432/app?sslmod=x"],
+    [
+        "mongodb://:s3cret@localhost",
+        "app.db",
+        "postgresql://app:s3cret@localhost:5432/app?sslmod=x",
+    ],
 )
 def test_bench_unusable_url(url: str) -> None:
     result = tidepool_cmd("bench", url, *QUICK)

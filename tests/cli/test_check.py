@@ -44,7 +44,7 @@ def test_check_missing_sqlite_file_is_not_created(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [[], ["redis://localhost"], ["sqlite://"], ["x", "--samples", "0"]]
+    "args", [[], ["mongodb://localhost"], ["sqlite://"], ["x", "--samples", "0"]]
 )
 def test_check_bad_arguments(args: list[str]) -> None:
     assert_one_line_error(tidepool_cmd("check", *args), 2)

@@ -41,7 +41,7 @@ from .common import (
     connect_failure,
     scrub,
 )
-from .targets import LOCAL_HOSTS
+from .targets import LOCAL_HOSTS, failure, redis_info
 
 __all__ = ["add_parser", "run"]
 
@@ -82,7 +82,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("url", metavar="URL", help="sqlite:///path.db or postgresql://...")
+    parser.add_argument(
+        "url",
+        metavar="URL",
+        help="sqlite:///path.db, postgresql://..., mysql:// or mariadb://..., "
+        "redis:// or rediss://...",
+    )
     parser.add_argument(
         "--samples",
         type=_samples,
@@ -176,10 +181,15 @@ async def _check(url: str, n: int, timeout: float) -> Lines:
         return await _check_sqlite(url, n, timeout)
     if base in ("postgresql", "postgres"):
         return await _check_pg(url, n, timeout)
+    if base in ("mysql", "mariadb"):
+        return await _check_mysql(url, n, timeout)
+    if base in ("redis", "rediss", "unix"):
+        return await _check_redis(url, n, timeout)
     kind = f"a {scheme}:// URL" if scheme else "a URL without a scheme"
     raise CommandError(
         f"unsupported database URL: {kind} ({redact_url(url)!r}); "
-        "use sqlite:///path.db or postgresql://user@host:5432/db",
+        "use sqlite:///path.db, postgresql://user@host:5432/db, "
+        "mysql:// or mariadb://user@host:3306/db, or redis:// or rediss://host:6379/0",
         EXIT_USAGE,
     )
 
@@ -387,3 +397,158 @@ def _bouncer_version(target: Any, timeout: float) -> str | None:
     except Exception:
         return None
     return None
+
+
+# ---------------------------------------------------------------------- MySQL / MariaDB
+
+
+async def _measure_open(
+    m: Any,
+    connect: Callable[[], Awaitable[Any]],
+    n: int,
+    where: str,
+    secrets: tuple[str | None, ...],
+) -> float:
+    try:
+        return _median_ms(await _time(lambda: _open_close(m, connect), n))
+    except CommandError:
+        raise
+    except Exception as exc:
+        raise failure(exc, where, secrets) from None
+
+
+async def _check_mysql(url: str, n: int, timeout: float) -> Lines:
+    from ..adapters.mysql import AsyncMySQLManager, MySQLTarget
+
+    try:
+        target = MySQLTarget.from_url(url)
+    except ConfigError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    if target.driver == "pymysql":
+        raise CommandError(
+            f"PyMySQL is blocking: check measures AsyncPool, use mysql:// or mysql+aiomysql:// "
+            f"for {target.display}",
+            EXIT_USAGE,
+        )
+    secrets = (None if target.password is None else target.password.value,)
+
+    def manager() -> Any:
+        return AsyncMySQLManager(target, connect_timeout=timeout)
+
+    m = manager()
+
+    async def connect() -> Any:
+        async with asyncio.timeout(timeout):
+            return await m.connect()
+
+    try:
+        conn = await connect()
+    except Exception as exc:
+        raise failure(exc, target.display, secrets) from None
+    try:
+        async with asyncio.timeout(timeout):
+            version = await m.fetch_value(conn, "SELECT VERSION()", ())
+            max_row = await m.fetch_one(conn, "SHOW VARIABLES LIKE 'max_connections'", ())
+            used_row = await m.fetch_one(conn, "SHOW GLOBAL STATUS LIKE 'Threads_connected'", ())
+            cipher_row = await m.fetch_one(conn, "SHOW SESSION STATUS LIKE 'Ssl_cipher'", ())
+            tls_row = await m.fetch_one(conn, "SHOW SESSION STATUS LIKE 'Ssl_version'", ())
+    except Exception as exc:
+        raise CommandError(
+            scrub(f"connected to {target.display}, but the server did not answer: {exc}", secrets)
+        ) from None
+    finally:
+        try:
+            await m.close(conn)
+        except Exception:
+            pass
+    open_ms = await _measure_open(m, connect, n, target.display, secrets)
+    try:
+        costs = await _pool_costs(manager, n, timeout)
+    except CommandError:
+        raise
+    except Exception as exc:
+        raise failure(exc, target.display, secrets) from None
+    max_conn, in_use = int(max_row[1]), int(used_row[1])
+    cipher = str(cipher_row[1]) if cipher_row else ""
+    tls_version = str(tls_row[1]) if tls_row else ""
+    tls_text = f"in use ({tls_version}, {cipher})" if cipher else "not in use (Ssl_cipher is empty)"
+    kind = "MariaDB" if "mariadb" in str(version).lower() else "MySQL"
+    return [
+        ("server", f"{kind} {version}"),
+        ("target", f"{target.display} via aiomysql"),
+        (
+            "connections",
+            f"{in_use} in use of max_connections {max_conn}: {max(0, max_conn - in_use)} free",
+        ),
+        ("open connection", f"{open_ms:.3f} ms (median of {n})"),
+        *costs,
+        *_tax(open_ms, costs),
+        ("tls", tls_text),
+        ("pgbouncer", "not applicable (MySQL/MariaDB)"),
+    ]
+
+
+# ---------------------------------------------------------------------- Redis
+
+
+async def _check_redis(url: str, n: int, timeout: float) -> Lines:
+    from ..adapters.redis import AsyncRedisManager, RedisTarget
+
+    try:
+        target = RedisTarget.from_url(url)
+    except ConfigError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    secrets = (None if target.password is None else target.password.value,)
+    name = f"tidepool-check-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+    def manager() -> Any:
+        return AsyncRedisManager(
+            target, connect_timeout=timeout, connect_kwargs={"client_name": name}
+        )
+
+    m = manager()
+
+    async def connect() -> Any:
+        async with asyncio.timeout(timeout):
+            return await m.connect()
+
+    try:
+        conn = await connect()
+    except Exception as exc:
+        raise failure(exc, target.display, secrets) from None
+    try:
+        async with asyncio.timeout(timeout):
+            version, max_clients, in_use = await redis_info(conn)
+    except Exception as exc:
+        raise CommandError(
+            scrub(f"connected to {target.display}, but the server did not answer: {exc}", secrets)
+        ) from None
+    finally:
+        try:
+            await m.close(conn)
+        except Exception:
+            pass
+    open_ms = await _measure_open(m, connect, n, target.display, secrets)
+    try:
+        costs = await _pool_costs(manager, n, timeout)
+    except CommandError:
+        raise
+    except Exception as exc:
+        raise failure(exc, target.display, secrets) from None
+    if max_clients is None:
+        connections = f"{in_use} connected clients; maxclients unknown (CONFIG GET not allowed)"
+    else:
+        connections = (
+            f"{in_use} in use of maxclients {max_clients}: {max(0, max_clients - in_use)} free"
+        )
+    tls = url.partition("://")[0].lower() == "rediss"
+    return [
+        ("server", f"Redis {version}"),
+        ("target", f"{target.display} via redis-py"),
+        ("connections", connections),
+        ("open connection", f"{open_ms:.3f} ms (median of {n})"),
+        *costs,
+        *_tax(open_ms, costs),
+        ("tls", "in use (rediss:// URL)" if tls else "not in use (redis:// URL)"),
+        ("pgbouncer", "not applicable (Redis)"),
+    ]
