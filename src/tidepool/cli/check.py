@@ -402,19 +402,24 @@ def _bouncer_version(target: Any, timeout: float) -> str | None:
 # ---------------------------------------------------------------------- MySQL / MariaDB
 
 
-async def _measure_open(
+async def _timings(
     m: Any,
     connect: Callable[[], Awaitable[Any]],
+    manager: Callable[[], Any],
     n: int,
+    timeout: float,
     where: str,
     secrets: tuple[str | None, ...],
-) -> float:
+) -> tuple[float, Lines]:
+    """The median time to open a connection, and what a pool's acquire and reset cost."""
     try:
-        return _median_ms(await _time(lambda: _open_close(m, connect), n))
+        open_ms = _median_ms(await _time(lambda: _open_close(m, connect), n))
+        costs = await _pool_costs(manager, n, timeout)
     except CommandError:
         raise
     except Exception as exc:
         raise failure(exc, where, secrets) from None
+    return open_ms, costs
 
 
 async def _check_mysql(url: str, n: int, timeout: float) -> Lines:
@@ -461,13 +466,7 @@ async def _check_mysql(url: str, n: int, timeout: float) -> Lines:
             await m.close(conn)
         except Exception:
             pass
-    open_ms = await _measure_open(m, connect, n, target.display, secrets)
-    try:
-        costs = await _pool_costs(manager, n, timeout)
-    except CommandError:
-        raise
-    except Exception as exc:
-        raise failure(exc, target.display, secrets) from None
+    open_ms, costs = await _timings(m, connect, manager, n, timeout, target.display, secrets)
     max_conn, in_use = int(max_row[1]), int(used_row[1])
     cipher = str(cipher_row[1]) if cipher_row else ""
     tls_version = str(tls_row[1]) if tls_row else ""
@@ -528,13 +527,7 @@ async def _check_redis(url: str, n: int, timeout: float) -> Lines:
             await m.close(conn)
         except Exception:
             pass
-    open_ms = await _measure_open(m, connect, n, target.display, secrets)
-    try:
-        costs = await _pool_costs(manager, n, timeout)
-    except CommandError:
-        raise
-    except Exception as exc:
-        raise failure(exc, target.display, secrets) from None
+    open_ms, costs = await _timings(m, connect, manager, n, timeout, target.display, secrets)
     if max_clients is None:
         connections = f"{in_use} connected clients; maxclients unknown (CONFIG GET not allowed)"
     else:
