@@ -268,10 +268,7 @@ class PoolBase(Flows[C]):
             ConnectError: a permanent connect failure.
         """
         # The hot path: no helper calls unless a timeout or leak watching was asked for.
-        if timeout is _DEFAULT:
-            timeout = self._default_timeout
-        else:
-            timeout = validate_timeout("timeout", timeout, allow_none=True, allow_zero=True)
+        timeout = self._default_timeout if timeout is _DEFAULT else self._acquire_timeout(timeout)
         if self._leak_watch:
             site = self._site(1)
         else:
@@ -280,8 +277,9 @@ class PoolBase(Flows[C]):
         return self._lease_class(self, timeout, site)
 
     def _acquire_timeout(self, timeout: Any) -> float | None:
+        """A per-call ``timeout`` (``_DEFAULT``: the pool's ``acquire_timeout``), validated."""
         if timeout is _DEFAULT:
-            return self.options.acquire_timeout
+            return self._default_timeout
         return validate_timeout("timeout", timeout, allow_none=True, allow_zero=True)
 
     def _site(self, depth: int) -> Site:

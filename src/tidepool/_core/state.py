@@ -135,11 +135,7 @@ class PoolState(Generic[C]):
             idle = self.idle
             while idle:
                 entry = idle[-1]
-                if (
-                    entry.generation != self.generation
-                    or (entry.expires is not None and entry.expires <= now and self._may_age_out())
-                    or entry.created <= self.stale_before
-                ):
+                if self._expired(entry, now):
                     idle.pop()
                     self._retire(entry, self._expiry_reason(entry))
                     continue
@@ -175,11 +171,7 @@ class PoolState(Generic[C]):
             idle = self.idle
             while idle:
                 entry = idle.pop()
-                if (
-                    entry.generation != self.generation
-                    or (entry.expires is not None and entry.expires <= now and self._may_age_out())
-                    or entry.created <= self.stale_before
-                ):
+                if self._expired(entry, now):
                     self._retire(entry, self._expiry_reason(entry))
                     continue
                 if self._broken(entry):
@@ -213,9 +205,6 @@ class PoolState(Generic[C]):
 
     def needs_check(self, entry: Entry[C], now: float) -> bool:
         """Whether the ``check`` policy wants a round trip before lending ``entry``."""
-        return self._needs_check(entry, now)
-
-    def _needs_check(self, entry: Entry[C], now: float) -> bool:
         check = self.limits.check
         if check == "idle":
             return now - entry.idle_since > self.limits.check_idle_after
@@ -316,12 +305,16 @@ class PoolState(Generic[C]):
 
     def keeps(self, entry: Entry[C], now: float) -> bool:
         """Whether ``entry`` would go back to the pool now (so a reset is worth doing)."""
-        return not (
-            self.closed
-            or entry.generation != self.generation
+        return not (self.closed or self._expired(entry, now) or self.size > self.limits.max_size)
+
+    def _expired(self, entry: Entry[C], now: float) -> bool:
+        """Whether ``entry`` must not be lent again: an old generation (``expire()``), past
+        its lifetime (within the age budget of :meth:`_may_age_out`), or created before a
+        detected disconnect."""
+        return (
+            entry.generation != self.generation
             or (entry.expires is not None and entry.expires <= now and self._may_age_out())
             or entry.created <= self.stale_before
-            or self.size > self.limits.max_size
         )
 
     def _may_age_out(self) -> bool:
@@ -506,11 +499,7 @@ class PoolState(Generic[C]):
             kept: deque[Entry[C]] = deque()
             idle_cut = None if limits.idle_timeout is None else now - limits.idle_timeout
             for entry in self.idle:  # oldest-returned first
-                if (
-                    entry.generation != self.generation
-                    or (entry.expires is not None and entry.expires <= now and self._may_age_out())
-                    or entry.created <= self.stale_before
-                ):
+                if self._expired(entry, now):
                     self._retire(entry, self._expiry_reason(entry))
                 elif (
                     idle_cut is not None
