@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit bench benchmark soak clean
+.PHONY: test lint typecheck unit docs bench benchmark soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,8 +12,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## make test: ruff, mypy --strict, then the test suite
-test: lint typecheck unit
+## make test: ruff, mypy --strict, the documentation (warnings as errors, doctests), the tests
+test: lint typecheck docs unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -24,13 +24,19 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
+## make docs: the Sphinx site in docs/_build/html, warnings as errors, then its doctests
+docs: $(STAMP)
+	$(BIN)/sphinx-build -q -W --keep-going -b html docs docs/_build/html
+	$(BIN)/sphinx-build -q -W --keep-going -b doctest docs docs/_build/doctest
+
 ## make bench: the tidepool sizing benchmark on the embedded SQLite default
 bench: $(STAMP)
 	$(BIN)/tidepool bench
 
-## make benchmark: pool overhead beside reference pools (not part of make test)
+## make benchmark: every contender and scenario beside the peers (not part of make test;
+## BENCH_ARGS="--json results.json --reps 5")
 benchmark: $(STAMP)
-	$(BIN)/python benchmarks/checkout.py
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 ## make soak: a mixed workload with random faults against a private PostgreSQL
 ## (SOAK_SECONDS, default 120; SOAK_SEED; SOAK_JSON=report.json)
@@ -38,4 +44,4 @@ soak: $(STAMP)
 	$(BIN)/python tests/faults/soak.py
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist docs/_build .pytest_cache .mypy_cache .ruff_cache

@@ -134,10 +134,10 @@ def test_b7_zero_timeout_means_do_not_wait() -> None:
 
 
 TIMEOUT_OPTIONS = ["acquire_timeout", "connect_timeout", "idle_timeout", "max_lifetime"]
-TIMEOUT_OPTIONS_ALL = [*TIMEOUT_OPTIONS, "leak_timeout", "check_idle_after"]
+TIMEOUT_OPTIONS_ALL = [*TIMEOUT_OPTIONS, "leak_timeout", "slow_acquire", "check_idle_after"]
 
 
-@pytest.mark.parametrize("option", [*TIMEOUT_OPTIONS, "leak_timeout"])
+@pytest.mark.parametrize("option", [*TIMEOUT_OPTIONS, "leak_timeout", "slow_acquire"])
 @pytest.mark.parametrize("value", [-1, -0.5])
 def test_b8_negative_timeouts(
     pool_cls: PoolClass, db_url: str, tmp_path: Path, option: str, value: float
@@ -214,7 +214,10 @@ def test_b11_no_warning_when_idle_timeout_is_shorter(pool_cls: PoolClass, db_url
 
 
 def test_none_timeouts_accepted_where_documented(pool_cls: PoolClass, db_url: str) -> None:
-    pool = pool_cls(db_url, acquire_timeout=None, idle_timeout=None, max_lifetime=None)
+    pool = pool_cls(
+        db_url, acquire_timeout=None, idle_timeout=None, max_lifetime=None, slow_acquire=None
+    )
+    assert pool.options.slow_acquire is None
     assert pool.options.acquire_timeout is None
     assert pool.options.idle_timeout is None
     assert pool.options.max_lifetime is None

@@ -83,6 +83,7 @@ class Options:
         max_waiting: cap on queued acquirers; past it ``TooManyWaiters`` at once.
         max_connecting: cap on connection attempts in flight at once.
         leak_timeout: warn, with the borrower's stack, when a connection stays lent longer.
+        slow_acquire: log a WARNING when one acquire takes longer than this (s); ``None``: never.
         name: the pool's name in logs, metrics and errors.
         on_connect: sync or async callable run on each new connection.
         connect_kwargs: passed to the driver's connect as is (URL targets only).
@@ -101,6 +102,7 @@ class Options:
     max_waiting: int | None = None
     max_connecting: int = 2
     leak_timeout: float | None = None
+    slow_acquire: float | None = 1.0
     name: str | None = None
     on_connect: Callable[[Any], Any] | None = None
     connect_kwargs: Mapping[str, Any] | Callable[[], Any] = field(default_factory=dict)
@@ -147,6 +149,11 @@ class Options:
             self,
             "leak_timeout",
             validate_timeout("leak_timeout", self.leak_timeout, allow_none=True, allow_zero=False),
+        )
+        set_(
+            self,
+            "slow_acquire",
+            validate_timeout("slow_acquire", self.slow_acquire, allow_none=True, allow_zero=False),
         )
         if self.check not in _CHECK_POLICIES:
             raise ConfigError(

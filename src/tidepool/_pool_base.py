@@ -14,11 +14,13 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, Literal, TypedDict, TypeVar
 
+from ._churn import churn_watch
 from ._config import CheckPolicy, Options, reject_unknown_options, validate_timeout
 from ._core.entry import Entry, Site
 from ._core.flows import Flow, Flows
 from ._core.state import Limits, PoolState
 from ._core.stats import PoolStats
+from ._url import redact_url
 from .errors import ConfigError
 
 __all__ = ["LeaseBase", "PoolBase", "PoolOptions"]
@@ -45,6 +47,7 @@ class PoolOptions(TypedDict, total=False):
     max_waiting: int | None
     max_connecting: int
     leak_timeout: float | None
+    slow_acquire: float | None
     name: str | None
     on_connect: Callable[[Any], Any] | None
     connect_kwargs: Mapping[str, Any] | Callable[[], Any]
@@ -58,6 +61,7 @@ _inherited_states: list[PoolState[Any]] = []
 
 
 def _forget_pools_in_child() -> None:
+    churn_watch.forget()
     for pool in list(_live_pools):
         pool._forget_after_fork()
 
@@ -179,6 +183,8 @@ class PoolBase(Flows[C]):
         self._connect_timeout = opts.connect_timeout
         self._default_timeout = opts.acquire_timeout
         self._leak_watch = opts.leak_timeout is not None
+        self._slow_acquire_after = opts.slow_acquire
+        self._target_key = redact_url(target) if isinstance(target, str) else None
         self._reset_enabled = opts.reset
         self._on_connect = opts.on_connect
         self._listeners = opts.listeners
@@ -216,6 +222,22 @@ class PoolBase(Flows[C]):
             return f"<{type(self).__name__} (not constructed)>"
         status = "closed" if state.closed else "open" if self._opened else "not opened"
         return f"<{type(self).__name__} {state.name!r} {status} ({state.counts()})>"
+
+    # ------------------------------------------------------------ listeners
+
+    def add_listener(self, listener: Any) -> None:
+        """Start sending this pool's events to ``listener`` (a :class:`tidepool.PoolListener`),
+        as if it had been passed in ``listeners=``. Metrics exporters attach themselves this
+        way. Adding the same listener twice has no effect."""
+        if any(existing is listener for existing in self._listeners):
+            return
+        self._listeners = (*self._listeners, listener)
+        self.refresh_observed()
+
+    def remove_listener(self, listener: Any) -> None:
+        """Stop sending events to ``listener``; a listener that was never added is ignored."""
+        self._listeners = tuple(x for x in self._listeners if x is not listener)
+        self.refresh_observed()
 
     # ------------------------------------------------------------ control
 
@@ -362,6 +384,11 @@ class PoolBase(Flows[C]):
     def _start(self) -> None:
         """Open lazily: bind to the running loop, start maintenance (the shell implements)."""
         raise NotImplementedError
+
+    def _note_opened(self) -> None:
+        """Called by the shell once, when the pool first opens."""
+        if self._target_key is not None:
+            churn_watch.note_opened(self._target_key, self.name)
 
     def _execute(self, method: str, args: tuple[Any, ...]) -> Flow[Any]:
         """The procedure behind ``pool.fetch_all(...)`` etc., called by the shell's method."""

@@ -305,6 +305,7 @@ class AsyncPool(PoolBase[C]):
         self._loop = asyncio.get_running_loop()
         self._opened = True
         self._schedule_maintenance(self._loop, weakref.ref(self))
+        self._note_opened()
         self.kick()
 
     def _schedule_maintenance(

@@ -57,6 +57,7 @@ class Flows(Generic[C]):
     _reset_enabled: bool
     _on_connect: Callable[[Any], Any] | None
     _listeners: Sequence[Any]
+    _slow_acquire_after: float | None  # the slow_acquire option
     _observed = False  # see refresh_observed()
 
     # Set by the shell: the manager's bound methods.
@@ -150,8 +151,11 @@ class Flows(Generic[C]):
                     continue
                 now = monotonic()
             conn = state.lend(entry, now, site)
+            waited = now - started
             if self._observed:
-                self._note_acquired(entry, now - started)
+                self._note_acquired(entry, waited)
+            if self._slow_acquire_after is not None and waited >= self._slow_acquire_after:
+                self._note_slow_acquire(entry, waited)
             return entry, conn
 
     def lend_idle(self, site: Site) -> tuple[Entry[C], C] | None:
@@ -166,6 +170,19 @@ class Flows(Generic[C]):
         DEBUG): cached because asking the logger on every acquire and release costs more than
         the rest of a checkout. Refreshed on every maintenance tick."""
         self._observed = bool(self._listeners) or log.isEnabledFor(logging.DEBUG)
+
+    def _note_slow_acquire(self, entry: Entry[C], waited: float) -> None:
+        state = self._state
+        log.warning(
+            "pool %r: acquiring connection #%d took %.3f s (slow_acquire=%s s); now %s. The "
+            "pool is saturated (raise max_size, or hold connections for less time) or "
+            "connecting is slow",
+            state.name,
+            entry.id,
+            waited,
+            self._slow_acquire_after,
+            state.counts(),
+        )
 
     def _note_acquired(self, entry: Entry[C], waited: float) -> None:
         log.debug("pool %r: lent connection #%d after %.6f s", self._state.name, entry.id, waited)

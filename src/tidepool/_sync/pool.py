@@ -189,6 +189,7 @@ class Pool(PoolBase[C]):
                 daemon=True,
             )
             thread.start()
+        self._note_opened()
         self.kick()
 
     def __del__(self) -> None:
