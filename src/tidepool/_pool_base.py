@@ -16,7 +16,7 @@ from typing import Any, Generic, Literal, TypedDict, TypeVar
 
 from ._churn import churn_watch
 from ._config import CheckPolicy, Options, reject_unknown_options, validate_timeout
-from ._core.entry import Entry, Site
+from ._core.entry import Entry, Site, site_location
 from ._core.flows import Flow, Flows
 from ._core.state import Limits, PoolState
 from ._core.stats import PoolStats
@@ -295,7 +295,7 @@ class PoolBase(Flows[C]):
             site = self._site(1)
         else:
             frame = sys._getframe(1)
-            site = (frame.f_code.co_filename, frame.f_lineno, None, None)
+            site = (frame.f_code, frame.f_lasti, None, None)
         return self._lease_class(self, timeout, site)
 
     def _acquire_timeout(self, timeout: Any) -> float | None:
@@ -307,9 +307,9 @@ class PoolBase(Flows[C]):
     def _site(self, depth: int) -> Site:
         frame = sys._getframe(depth + 1)
         if self.options.leak_timeout is None:
-            return (frame.f_code.co_filename, frame.f_lineno, None, None)
+            return (frame.f_code, frame.f_lasti, None, None)
         stack = "".join(traceback.format_stack(frame))
-        return (frame.f_code.co_filename, frame.f_lineno, stack, self._borrower_name())
+        return (frame.f_code, frame.f_lasti, stack, self._borrower_name())
 
     def _borrower_name(self) -> str | None:
         """The current task's or thread's name (the shell overrides)."""
@@ -333,7 +333,7 @@ class PoolBase(Flows[C]):
 
     def _collect_reclaimed(self) -> None:
         for entry in self._state.collect_reclaimed():
-            file, line, _stack, _borrower = entry.site or ("<unknown>", 0, None, None)
+            file, line = site_location(entry.site)
             warnings.warn_explicit(
                 f"pool {self.name!r}: connection #{entry.id} acquired here was "
                 "garbage-collected without being released; its slot was reclaimed (release "
@@ -348,7 +348,8 @@ class PoolBase(Flows[C]):
 
     def _report_leak(self, entry: Entry[C]) -> None:
         held = time.monotonic() - entry.lent_since
-        file, line, stack, borrower = entry.site or ("<unknown>", 0, None, None)
+        file, line = site_location(entry.site)
+        stack, borrower = (entry.site[2], entry.site[3]) if entry.site else (None, None)
         log.warning(
             "pool %r: connection #%d has been lent for %.1f s (leak_timeout=%s) to %s, "
             "acquired at %s:%d\n%s",

@@ -8,9 +8,9 @@ import logging
 import threading
 
 import pytest
-from fakes import AsyncFakeManager, FakeManager, new_apool, new_spool, run
 
 import tidepool
+from fakes import AsyncFakeManager, FakeManager, new_apool, new_spool, run
 from tidepool._churn import ChurnWatch, churn_watch
 
 

@@ -432,7 +432,7 @@ class AsyncPool(PoolBase[C]):
         """
         self.executor_method("begin")
         frame = sys._getframe(1)
-        site = (frame.f_code.co_filename, frame.f_lineno, None, None)
+        site = (frame.f_code, frame.f_lasti, None, None)
         return AsyncTransaction(self, options, AsyncLease(self, self._default_timeout, site))
 
     # ------------------------------------------------------------ the shell
