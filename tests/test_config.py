@@ -232,6 +232,17 @@ def test_connect_timeout_cannot_be_none(pool_cls: PoolClass, db_url: str) -> Non
 # ---------------------------------------------------------------------- other options
 
 
+def test_max_waiting_zero_is_refused_with_the_alternatives(
+    pool_cls: PoolClass, db_url: str
+) -> None:
+    with pytest.raises(tidepool.ConfigError) as info:
+        pool_cls(db_url, max_waiting=0)
+    message = str(info.value)
+    assert "max_waiting" in message
+    assert "None for no limit" in message
+    assert "acquire_timeout=0" in message
+
+
 def test_b12_max_waiting_negative(pool_cls: PoolClass, db_url: str, tmp_path: Path) -> None:
     with pytest.raises(tidepool.ConfigError) as info:
         pool_cls(db_url, max_waiting=-1)
@@ -564,7 +575,7 @@ def test_options_are_frozen_and_validated(pool_cls: PoolClass, db_url: str) -> N
         min_size=1,
         acquire_timeout=5,
         idle_timeout=30,
-        max_waiting=0,
+        max_waiting=3,
         check="always",
         reset=False,
         name="orders",
@@ -580,7 +591,7 @@ def test_options_are_frozen_and_validated(pool_cls: PoolClass, db_url: str) -> N
     assert isinstance(opts.idle_timeout, float)
     assert opts.connect_timeout == 10.0
     assert opts.max_lifetime == 1800.0
-    assert opts.max_waiting == 0
+    assert opts.max_waiting == 3
     assert opts.check == "always"
     assert opts.reset is False
     assert opts.name == "orders"

@@ -163,6 +163,13 @@ class Options:
             raise TypeError(f"reset must be a bool, got {_type_name(self.reset)} {self.reset!r}")
         if self.max_waiting is not None:
             _require_int("max_waiting", self.max_waiting, 0)
+            if self.max_waiting == 0:
+                # psycopg_pool reads 0 as "no limit"; here it would refuse even the caller
+                # waiting for the pool's first connection.
+                raise ConfigError(
+                    "max_waiting must be >= 1, or None for no limit (got 0); to never wait "
+                    "for a connection, use acquire_timeout=0"
+                )
         _require_int("max_connecting", self.max_connecting, 1)
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
             raise TypeError(

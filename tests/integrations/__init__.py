@@ -1,0 +1,1 @@
+"""Web-framework integrations served by real uvicorn (issue 8)."""
