@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import random
+import sys
 from typing import Any
 
 import pytest
@@ -143,11 +144,14 @@ def test_try_lend_marks_entry_lent_and_counts() -> None:
     state = make_state()
     (entry,) = fill(state, 1)
     conn = entry.conn
-    got = state.try_lend(3.0, ("f.py", 7, None, None))
+    frame = sys._getframe()
+    site = (frame.f_code, frame.f_lasti, None, None)  # as PoolBase.acquire() captures it
+    line = frame.f_lineno - 1
+    got = state.try_lend(3.0, site)
     assert got == (entry, conn)
     assert entry.where is Where.LENT
     assert entry.lent_since == 3.0
-    assert entry.site_text() == "f.py:7"
+    assert entry.site_text() == f"{__file__}:{line}"
     assert state.find_lent(conn) is entry
     s = state.snapshot()
     assert (s.size, s.idle, s.in_use, s.acquired) == (1, 0, 1, 1)

@@ -12,6 +12,7 @@ from collections.abc import Generator, Iterable, Sequence
 from types import CoroutineType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack, overload
 
+from .._core.deadlines import DeadlineHeap
 from .._core.entry import Entry, Site
 from .._core.flows import CALL, WAIT, Flow
 from .._core.waiter import Waiter
@@ -50,9 +51,14 @@ class _FutureWaiter(Waiter):
         return True
 
 
-def _expire(future: asyncio.Future[bool]) -> None:
-    if not future.done():
-        future.set_result(False)
+def _still_waiting(waiter: _FutureWaiter) -> bool:
+    return not waiter.future.done()
+
+
+def _deadline_tick(ref: weakref.ref[AsyncPool[Any]]) -> None:
+    pool = ref()
+    if pool is not None:
+        pool._deadline_passed()
 
 
 class _Resume(Generic[T]):
@@ -227,6 +233,10 @@ class AsyncPool(PoolBase[C]):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.TimerHandle | None = None
         self._closed_done = False
+        # One timer for every queued caller's deadline (see _core/deadlines.py).
+        self._deadlines: DeadlineHeap[_FutureWaiter] = DeadlineHeap(_still_waiting)
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_timer_at = 0.0
 
     def _check_manager_flavor(self, manager: object) -> None:
         if not inspect.iscoroutinefunction(manager.connect):  # type: ignore[attr-defined]
@@ -270,6 +280,7 @@ class AsyncPool(PoolBase[C]):
         self._closed_done = True
         if self._maintenance is not None:
             self._maintenance.cancel()
+        self._disarm_deadlines()
         tasks = [t for t in self._tasks if not t.done()]
         for task in tasks:
             task.cancel()
@@ -329,12 +340,15 @@ class AsyncPool(PoolBase[C]):
         if getattr(self, "_opened", False) and not self._closed_done and not self._state.closed:
             if self._maintenance is not None:
                 self._maintenance.cancel()
+            self._disarm_deadlines()
             warn_unclosed(self)
 
     def _reset_shell_after_fork(self) -> None:
         self._loop = None
         self._tasks = set()
         self._maintenance = None
+        self._deadlines = DeadlineHeap(_still_waiting)
+        self._deadline_timer = None
 
     # ------------------------------------------------------------ acquire / release
 
@@ -482,20 +496,43 @@ class AsyncPool(PoolBase[C]):
 
     async def _wait(self, waiter: _FutureWaiter, deadline: float | None) -> bool:
         future = waiter.future
-        if deadline is None:
-            await future
-        else:
-            assert self._loop is not None
-            handle = self._loop.call_later(deadline - monotonic(), _expire, future)
-            try:
-                await future
-            finally:
-                handle.cancel()
+        if deadline is not None:
+            self._deadlines.push(deadline, waiter, len(self._state.waiters))
+            if self._deadline_timer is None or deadline < self._deadline_timer_at:
+                self._arm_deadlines(deadline)
+        await future
         if not future.result():
             return False
         if waiter.error is not None:
             raise fresh_error(waiter.error)
         return True
+
+    def _arm_deadlines(self, when: float) -> None:
+        assert self._loop is not None
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        # Relative to now: a custom loop's clock need not be time.monotonic().
+        self._deadline_timer = self._loop.call_later(
+            max(0.0, when - monotonic()), _deadline_tick, weakref.ref(self)
+        )
+        self._deadline_timer_at = when
+
+    def _deadline_passed(self) -> None:
+        """The shared timer fired: wake every caller whose deadline has passed (with
+        ``False``: it gives up and raises ``PoolTimeout``), then re-arm for the next one."""
+        self._deadline_timer = None
+        # The loop runs a timer up to its clock resolution early; never wake a caller early.
+        for waiter in self._deadlines.pop_due(monotonic() + 1e-6):
+            waiter.future.set_result(False)
+        earliest = self._deadlines.earliest()
+        if earliest is not None and self._loop is not None and not self._loop.is_closed():
+            self._arm_deadlines(earliest)
+
+    def _disarm_deadlines(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self._deadlines.clear()
 
 
 def _maintenance_tick(ref: weakref.ref[AsyncPool[Any]]) -> None:
