@@ -7,9 +7,9 @@ import asyncio
 import time
 
 import pytest
-from fakes import AsyncFakeManager, check_invariants, new_apool, run
 
 import tidepool
+from fakes import AsyncFakeManager, check_invariants, new_apool, run
 
 
 def test_mixed_timeouts_each_fire_on_time() -> None:
