@@ -12,7 +12,8 @@ __all__ = ["CloseReason", "PoolListener"]
 
 CloseReason = str
 """Why a connection was closed: ``"idle"``, ``"lifetime"``, ``"broken"``, ``"expired"``,
-``"pool closed"``, ``"check failed"``, ``"reset failed"``, ``"resized"``, ``"reclaimed"``
+``"pool closed"``, ``"check failed"``, ``"reset failed"``, ``"resized"``, ``"discarded"``
+(released with ``discard=True``), ``"reclaimed"``
 (garbage-collected without release) or ``"forced"`` (still lent when ``close()`` timed out)."""
 
 

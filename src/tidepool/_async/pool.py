@@ -366,8 +366,12 @@ class AsyncPool(PoolBase[C]):
             return None
         return AsyncLease(self, 0.0, None, lent)
 
-    async def release(self, conn: C) -> None:
+    async def release(self, conn: C, *, discard: bool = False) -> None:
         """Give back a connection obtained with ``conn = await pool.acquire()``.
+
+        ``discard=True`` retires it instead of lending it again (no reset; closed in the
+        background with the reason ``"discarded"``): for a connection whose state you no
+        longer trust. It does not, unlike a lost connection, retire the older ones.
 
         Raises:
             ValueError: ``conn`` is not currently lent by this pool (released twice, or
@@ -375,10 +379,10 @@ class AsyncPool(PoolBase[C]):
         """
         entry = self._entry_to_release(conn)
         if entry is not None:
-            await self._give_back(entry, conn)
+            await self._give_back(entry, conn, discard)
 
-    async def _give_back(self, entry: Entry[C], conn: C) -> None:
-        flow = self.release_flow(entry, conn)
+    async def _give_back(self, entry: Entry[C], conn: C, discard: bool = False) -> None:
+        flow = self.release_flow(entry, conn, discard)
         op, pending = _advance(flow, None, None)
         if op is not _DONE:  # the reset really waits: finish it within its bound
             await self._drive(flow, op, pending)
@@ -392,7 +396,8 @@ class AsyncPool(PoolBase[C]):
         return lent[1]
 
     def _slow_acquire(self, timeout: float | None, site: Site) -> Flow[tuple[Entry[C], C]]:
-        self._start()
+        if not self._opened:  # (both callers have checked the event loop already)
+            self._start()
         if self._state.reclaim:
             self._collect_reclaimed()
         return self.acquire_flow(timeout, site)
@@ -484,8 +489,12 @@ class AsyncPool(PoolBase[C]):
                     coro, first = pending
                     async with asyncio.timeout(op[3]):
                         send = await (coro if first is _AWAITABLE else _Resume(coro, first))
-                elif op[0] == WAIT:
-                    send = await self._wait(op[1], op[2])
+                elif op[0] == WAIT:  # (inlined: this is every contended acquire)
+                    waiter = op[1]
+                    if op[2] is not None:
+                        self._watch_deadline(waiter, op[2])
+                    await waiter.future
+                    send = self._woken(waiter)
                 else:
                     await asyncio.sleep(op[1])
             except BaseException as exc:
@@ -494,14 +503,17 @@ class AsyncPool(PoolBase[C]):
                 op, pending = _advance(flow, send, None)
         return pending  # type: ignore[no-any-return]
 
-    async def _wait(self, waiter: _FutureWaiter, deadline: float | None) -> bool:
-        future = waiter.future
-        if deadline is not None:
-            self._deadlines.push(deadline, waiter, len(self._state.waiters))
-            if self._deadline_timer is None or deadline < self._deadline_timer_at:
-                self._arm_deadlines(deadline)
-        await future
-        if not future.result():
+    def _watch_deadline(self, waiter: _FutureWaiter, deadline: float) -> None:
+        """Have the shared timer wake ``waiter`` (with ``False``) at ``deadline``."""
+        self._deadlines.push(deadline, waiter, len(self._state.waiters))
+        if self._deadline_timer is None or deadline < self._deadline_timer_at:
+            self._arm_deadlines(deadline)
+
+    @staticmethod
+    def _woken(waiter: _FutureWaiter) -> bool:
+        """What a woken waiter tells its procedure: ``True`` (handed a connection) or
+        ``False`` (its deadline passed); raises the error the core delivered instead."""
+        if not waiter.future.result():
             return False
         if waiter.error is not None:
             raise fresh_error(waiter.error)

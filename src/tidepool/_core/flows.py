@@ -217,9 +217,10 @@ class Flows(Generic[C]):
 
     # ------------------------------------------------------------ release
 
-    def release_flow(self, entry: Entry[C], conn: C) -> Flow[None]:
+    def release_flow(self, entry: Entry[C], conn: C, discard: bool = False) -> Flow[None]:
         """Take ``conn`` back: reset it (bounded) and hand it on, or close it when it is
-        broken, cannot be reset, or the reset was interrupted."""
+        broken, cannot be reset, or the reset was interrupted. ``discard``: the borrower
+        says it must not be lent again (closed as "discarded", no reset)."""
         state = self._state
         keep = state.take_back(entry, conn, monotonic())
         if keep is None:
@@ -229,6 +230,15 @@ class Flows(Generic[C]):
             log.debug("pool %r: connection #%d back after %.6f s", state.name, entry.id, used)
             if self._listeners:
                 self.emit("on_release", entry.id, used)
+        if discard:
+            # Not a disconnect unless the connection really is broken: a healthy connection
+            # the borrower gave up on says nothing about the others.
+            broken = self._m_is_broken(conn)
+            state.give_back(entry, monotonic(), reusable=False, reason="discarded")
+            if broken:
+                self._note_disconnect(entry, conn, None)
+            self.kick()
+            return
         try:
             if self._m_is_broken(conn):
                 state.give_back(entry, monotonic(), reusable=False)

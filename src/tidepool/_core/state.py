@@ -325,12 +325,15 @@ class PoolState(Generic[C]):
         open. Retirement for a reason that matters (expire(), a disconnect) is immediate."""
         return self.size > self.limits.min_size - self.limits.max_connecting
 
-    def give_back(self, entry: Entry[C], now: float, *, reusable: bool) -> None:
+    def give_back(
+        self, entry: Entry[C], now: float, *, reusable: bool, reason: str = "broken"
+    ) -> None:
         """A ``BUSY`` entry is done (reset, or failed): hand it to the oldest live waiter, put
-        it in the idle list, or retire it (broken, expired, closed, or over ``max_size``)."""
+        it in the idle list, or retire it (not ``reusable``: for ``reason``; or expired,
+        closed, or over ``max_size``)."""
         with self.lock:
             if not reusable:
-                self._retire(entry, "broken")
+                self._retire(entry, reason)
                 return
             if not self.keeps(entry, now):
                 self._retire(
@@ -403,7 +406,7 @@ class PoolState(Generic[C]):
         """Cheap, racy pre-check for :meth:`begin_worker` (a later state change re-checks)."""
         if not self.waiters and self.size >= self.limits.min_size:
             return False
-        return self.workers < self.limits.max_connecting and (
+        return self.workers < self.limits.max_connecting and self.size < self.limits.max_size and (
             len(self.waiters) > self.connecting
             or (self.size < self.limits.min_size and not self.fill_paused)
         )

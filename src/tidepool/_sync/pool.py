@@ -229,8 +229,12 @@ class Pool(PoolBase[C]):
             return None
         return Lease(self, 0.0, None, lent)
 
-    def release(self, conn: C) -> None:
+    def release(self, conn: C, *, discard: bool = False) -> None:
         """Give back a connection obtained with :meth:`getconn`.
+
+        ``discard=True`` retires it instead of lending it again (no reset; closed in the
+        background with the reason ``"discarded"``): for a connection whose state you no
+        longer trust. It does not, unlike a lost connection, retire the older ones.
 
         Raises:
             ValueError: ``conn`` is not currently lent by this pool (released twice, or
@@ -238,10 +242,11 @@ class Pool(PoolBase[C]):
         """
         entry = self._entry_to_release(conn)
         if entry is not None:
-            self._drive(self.release_flow(entry, conn))
+            self._drive(self.release_flow(entry, conn, discard))
 
     def _slow_acquire(self, timeout: float | None, site: Site) -> Flow[tuple[Entry[C], C]]:
-        self._start()
+        if not self._opened:
+            self._start()
         if self._state.reclaim:
             self._collect_reclaimed()
         return self.acquire_flow(timeout, site)

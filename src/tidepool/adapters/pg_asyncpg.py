@@ -70,6 +70,14 @@ class _ResettingConnection(asyncpg.Connection):  # type: ignore[misc]
 
     _tidepool_reset_sql = RESET_SQL
     _tidepool_baseline = ""  # per connection, set by AsyncpgManager.remember_session()
+    # The protocol's statement count when the session was last known clean (after connect,
+    # on_connect or a reset); -1: unknown. See AsyncpgManager.reset().
+    _tidepool_clean_at = -1
+
+    def _tidepool_mark_clean(self) -> None:
+        protocol = self._protocol
+        if protocol is not None:
+            self._tidepool_clean_at = protocol.queries_count
 
     def get_reset_query(self) -> str:
         if self._tidepool_reset_sql and self._tidepool_baseline:
@@ -81,6 +89,18 @@ class _BouncerConnection(_ResettingConnection):
     # Transaction mode: session state does not survive a transaction anyway, and session
     # commands would land on whichever server connection PgBouncer picks.
     _tidepool_reset_sql = ""
+
+
+def _untouched(conn: asyncpg.Connection) -> bool:
+    """Whether no statement was sent on ``conn`` since its session was last known clean."""
+    protocol = conn._protocol
+    return (
+        isinstance(conn, _ResettingConnection)
+        and protocol is not None
+        and protocol.queries_count == conn._tidepool_clean_at
+        and conn._top_xact is None
+        and not protocol.is_in_transaction()
+    )
 
 
 class AsyncpgManager:
@@ -164,16 +184,23 @@ class AsyncpgManager:
             connection_class=reset_class,
             **kwargs,
         )
+        if isinstance(conn, _ResettingConnection):
+            conn._tidepool_mark_clean()
         return conn
 
     async def check(self, conn: asyncpg.Connection) -> None:
+        was_clean = _untouched(conn)
         await conn.execute("SELECT 1")
+        if was_clean:
+            conn._tidepool_mark_clean()
 
     async def remember_session(self, conn: asyncpg.Connection) -> None:
         """After ``on_connect``: remember its session settings for the reset to restore."""
         baseline = await conn.fetchval(BASELINE_SQL)
-        if baseline and isinstance(conn, _ResettingConnection):
-            conn._tidepool_baseline = baseline
+        if isinstance(conn, _ResettingConnection):
+            if baseline:
+                conn._tidepool_baseline = baseline
+            conn._tidepool_mark_clean()
 
     async def reset(self, conn: asyncpg.Connection) -> None:
         protocol = getattr(conn, "_protocol", None)
@@ -183,6 +210,13 @@ class AsyncpgManager:
             # progress"). asyncpg's own pool waits the same way, through the same private
             # call; the pool bounds the wait.
             await protocol._wait_for_cancellation()
+        elif _untouched(conn):
+            # The borrower sent no statement at all (asyncpg counts every one it sends): the
+            # session is as the last reset left it. Only the client-side part of asyncpg's
+            # reset applies: drop the listener callbacks the borrower may have added.
+            conn._listeners.clear()
+            conn._log_listeners.clear()
+            return
         if conn.is_in_transaction():
             await conn.execute("ROLLBACK")
         # A transaction object the borrower started and never finished (cancelled between
@@ -195,6 +229,8 @@ class AsyncpgManager:
             # A cancelled borrower's BEGIN can complete on the server after the check above
             # (asyncpg finishes a cancelled statement behind the scenes): never lend that.
             raise asyncpg.InterfaceError("connection still in a transaction after the reset")
+        if isinstance(conn, _ResettingConnection):
+            conn._tidepool_mark_clean()
 
     async def close(self, conn: asyncpg.Connection) -> None:
         # A graceful close waits for the server; past the bound asyncpg aborts the socket.
