@@ -657,3 +657,26 @@ def test_resize_validates_like_construction() -> None:
     with pytest.raises(TypeError, match="max_size"):
         pool.resize(max_size="3")  # type: ignore[arg-type]
     assert pool.stats().max_size == 2
+
+
+@pytest.mark.parametrize(
+    ("peer_name", "ours"),
+    [
+        ("timeout", "acquire_timeout"),
+        ("pool_timeout", "acquire_timeout"),
+        ("max_idle", "idle_timeout"),
+        ("max_inactive_connection_lifetime", "idle_timeout"),
+        ("pool_recycle", "max_lifetime"),
+        ("pool_size", "max_size"),
+        ("configure", "on_connect"),
+        ("init", "on_connect"),
+        ("kwargs", "connect_kwargs"),
+        ("num_workers", "max_connecting"),
+    ],
+)
+def test_other_pools_option_names_suggest_ours(
+    pool_cls: PoolClass, db_url: str, peer_name: str, ours: str
+) -> None:
+    with pytest.raises(TypeError) as info:
+        pool_cls(db_url, **{peer_name: 1})
+    assert f"unknown option {peer_name!r}; did you mean {ours!r}?" in str(info.value)

@@ -221,10 +221,40 @@ class Options:
 OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Options))
 
 
+# Other pools' names for our options (psycopg_pool, asyncpg, SQLAlchemy, HikariCP): someone
+# moving over types the name they know, and a spelling match would suggest the wrong option.
+PEER_OPTION_NAMES: Mapping[str, str] = {
+    "timeout": "acquire_timeout",
+    "pool_timeout": "acquire_timeout",
+    "connection_timeout": "acquire_timeout",
+    "max_idle": "idle_timeout",
+    "max_inactive_connection_lifetime": "idle_timeout",
+    "idle_timeout_ms": "idle_timeout",
+    "pool_recycle": "max_lifetime",
+    "max_lifetime_ms": "max_lifetime",
+    "pool_size": "max_size",
+    "maxsize": "max_size",
+    "minsize": "min_size",
+    "max_overflow": "max_size",
+    "pool_pre_ping": "check",
+    "reset_on_return": "reset",
+    "pool_reset_on_return": "reset",
+    "configure": "on_connect",
+    "init": "on_connect",
+    "setup": "on_connect",
+    "kwargs": "connect_kwargs",
+    "connect_args": "connect_kwargs",
+    "num_workers": "max_connecting",
+    "leak_detection_threshold": "leak_timeout",
+}
+
+
 def reject_unknown_options(owner: str, unknown: Mapping[str, object]) -> None:
-    """Raise ``TypeError`` for the first unknown option, suggesting the closest known name."""
+    """Raise ``TypeError`` for the first unknown option, suggesting the closest known name
+    (or ours for another pool's name of it)."""
     for key in unknown:
-        close = difflib.get_close_matches(key, OPTION_NAMES, n=1, cutoff=0.6)
+        peer = PEER_OPTION_NAMES.get(key)
+        close = [peer] if peer else difflib.get_close_matches(key, OPTION_NAMES, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         known = ", ".join(OPTION_NAMES)
         raise TypeError(f"{owner}() got an unknown option {key!r}{hint} (known options: {known})")

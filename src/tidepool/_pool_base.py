@@ -281,9 +281,10 @@ class PoolBase(Flows[C]):
 
         ``timeout`` overrides ``acquire_timeout`` for this call (``0``: do not wait;
         ``None``: wait forever). With ``AsyncPool``, ``conn = await pool.acquire()`` also
-        works; give it back with ``await pool.release(conn)``.
+        works; give it back with ``await pool.release(conn)``. The errors below are raised on
+        entering the block (or awaiting the lease), not by this call.
 
-        Raises (on entering):
+        Raises:
             PoolTimeout: nothing could be lent before the deadline.
             PoolClosed: the pool is closed.
             TooManyWaiters: ``max_waiting`` callers are already queued.

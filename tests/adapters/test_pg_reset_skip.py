@@ -135,3 +135,43 @@ def test_reset_off_is_unaffected() -> None:
             await pool.aclose()
 
     asyncio.run(main())
+
+
+def test_sql_prepared_statement_takes_the_deallocating_reset_with_the_baseline() -> None:
+    require_pg()
+
+    async def on_connect(conn: Any) -> None:
+        await conn.execute("SET statement_timeout TO '42s'")
+
+    async def main() -> None:
+        pool = await one_connection_pool(on_connect=on_connect)
+        try:
+            async with pool.acquire() as conn:
+                await conn.execute("PREPARE tp_user_stmt AS SELECT 1")
+                await conn.execute("SET statement_timeout TO '1s'")
+            async with pool.acquire() as conn:
+                names = await conn.fetch("SELECT name FROM pg_prepared_statements WHERE from_sql")
+                assert names == []
+                assert await conn.fetchval("SHOW statement_timeout") == "42s"
+                # The next reset is the cheap one again, and the session stays clean.
+                await conn.execute("SET statement_timeout TO '2s'")
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SHOW statement_timeout") == "42s"
+            assert pool.stats().reset_failures == 0
+        finally:
+            await pool.aclose()
+
+    asyncio.run(main())
+
+
+def test_psycopg_sql_prepared_statement_takes_the_deallocating_reset() -> None:
+    require_pg()
+    with tidepool.Pool(pg_url(app_name()), max_size=1, min_size=1, check="never") as pool:
+        with pool.acquire() as conn:
+            conn.execute("PREPARE tp_user_stmt AS SELECT 1")
+            conn.execute("SET work_mem TO '7MB'")
+        with pool.acquire() as conn:
+            rows = conn.execute("SELECT name FROM pg_prepared_statements WHERE from_sql")
+            assert rows.fetchall() == []
+            assert conn.execute("SHOW work_mem").fetchone() != ("7MB",)
+        assert pool.stats().reset_failures == 0

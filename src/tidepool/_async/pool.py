@@ -211,7 +211,7 @@ class AsyncPool(PoolBase[C]):
     ``target`` is a database URL (``sqlite:///app.db``, ...) or an :class:`AsyncManager`.
     Construction validates every option and does no I/O; the pool opens on ``await
     pool.open()``, ``async with pool``, or its first ``acquire()``, and is bound to the event
-    loop it opened in. See the README for the options.
+    loop it opened in. The options are those of :class:`tidepool.Options`.
     """
 
     if TYPE_CHECKING:

@@ -291,7 +291,8 @@ class Pool(PoolBase[C]):
     @contextmanager
     def transaction(self, **options: Any) -> Iterator[C]:
         """Borrow a connection inside a transaction: committed when the block succeeds,
-        rolled back on an exception. ``options`` go to the adapter (SQLite:
+        rolled back on an exception. ``options`` go to the adapter (PostgreSQL:
+        ``isolation``, ``readonly``, ``deferrable``; SQLite:
         ``mode="deferred"|"immediate"|"exclusive"``)."""
         begin = self.executor_method("begin")
         commit = self.executor_method("commit")

@@ -20,12 +20,14 @@ from ._errors import forget_locals
 
 __all__ = [
     "DISCONNECT_SQLSTATES",
+    "RESET_DEALLOCATING_SQL",
     "RESET_SQL",
     "PGTarget",
     "begin_sql",
     "forget_locals",
     "is_disconnect_sqlstate",
     "resolve_credentials",
+    "wants_deallocate",
 ]
 
 # libpq connection parameters a URL may carry (https://www.postgresql.org/docs/current/
@@ -96,19 +98,42 @@ _FALSE = ("0", "false", "no", "off")
 # A session as if freshly connected, in one round trip, keeping the driver's own prepared
 # statements (protocol-level ones have from_sql = false): RESET ALL alone misses the role and
 # the session authorization (both GUC_NO_RESET_ALL), temp tables, locks, LISTEN and cursors.
-RESET_SQL = """\
+_RESET_STEPS = """\
 CLOSE ALL;
 SET SESSION AUTHORIZATION DEFAULT;
 RESET ALL;
 UNLISTEN *;
 SELECT pg_advisory_unlock_all();
 DISCARD TEMP;
-DISCARD SEQUENCES;
+DISCARD SEQUENCES;"""
+
+# SQL-level prepared statements (PREPARE) must go, the driver's own must stay (its statement
+# cache). Deallocating them one by one takes a PL/pgSQL block, which costs the server more
+# than the rest of the reset together; they are rare, so the reset first only asks whether
+# there are any, cheaply: this statement fails (and, the script being one implicit
+# transaction, undoes the whole reset) only if one exists. The adapter then runs
+# RESET_DEALLOCATING_SQL instead: a second round trip, for that rare case only.
+DEALLOCATE_MARKER = "tidepool: deallocate"
+_PREPARED_PROBE = (
+    f"SELECT ('{DEALLOCATE_MARKER} ' || name)::int FROM pg_prepared_statements "
+    "WHERE from_sql LIMIT 1;"
+)
+_DEALLOCATE_SQL = """\
 DO $tidepool_reset$ DECLARE s text; BEGIN
   FOR s IN SELECT name FROM pg_prepared_statements WHERE from_sql LOOP
     EXECUTE 'DEALLOCATE ' || quote_ident(s);
   END LOOP;
 END $tidepool_reset$;"""
+
+RESET_SQL = f"{_RESET_STEPS}\n{_PREPARED_PROBE}"
+RESET_DEALLOCATING_SQL = f"{_RESET_STEPS}\n{_DEALLOCATE_SQL}"
+
+
+def wants_deallocate(error: BaseException) -> bool:
+    """Whether a failed :data:`RESET_SQL` only says SQL-level prepared statements exist (run
+    :data:`RESET_DEALLOCATING_SQL` then)."""
+    return DEALLOCATE_MARKER in str(error)
+
 
 # What on_connect made of a new session, as SQL that restores it: run after RESET_SQL in the
 # same round trip, so a borrower always finds the post-on_connect baseline (STATE-2). Covers

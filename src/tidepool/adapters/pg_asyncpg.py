@@ -19,12 +19,14 @@ from ..errors import ConfigError, ConnectError
 from ._errors import scrubbed
 from ._pg import (
     BASELINE_SQL,
+    RESET_DEALLOCATING_SQL,
     RESET_SQL,
     TRANSIENT_CONNECT_SQLSTATES,
     PGTarget,
     begin_sql,
     is_disconnect_sqlstate,
     resolve_credentials,
+    wants_deallocate,
 )
 
 __all__ = ["AsyncpgManager"]
@@ -80,9 +82,12 @@ class _ResettingConnection(asyncpg.Connection):  # type: ignore[misc]
             self._tidepool_clean_at = protocol.queries_count
 
     def get_reset_query(self) -> str:
-        if self._tidepool_reset_sql and self._tidepool_baseline:
-            return f"{self._tidepool_reset_sql}\n{self._tidepool_baseline}"
-        return self._tidepool_reset_sql
+        return self._tidepool_script(self._tidepool_reset_sql)
+
+    def _tidepool_script(self, reset_sql: str) -> str:
+        if reset_sql and self._tidepool_baseline:
+            return f"{reset_sql}\n{self._tidepool_baseline}"
+        return reset_sql
 
 
 class _BouncerConnection(_ResettingConnection):
@@ -224,7 +229,12 @@ class AsyncpgManager:
         # to the event loop as an error. asyncpg keeps it on a private attribute.
         if getattr(conn, "_top_xact", None) is not None:
             conn._top_xact = None
-        await conn.reset()
+        try:
+            await conn.reset()
+        except asyncpg.InvalidTextRepresentationError as exc:
+            if not (isinstance(conn, _ResettingConnection) and wants_deallocate(exc)):
+                raise
+            await conn.execute(conn._tidepool_script(RESET_DEALLOCATING_SQL))
         if conn.is_in_transaction():
             # A cancelled borrower's BEGIN can complete on the server after the check above
             # (asyncpg finishes a cancelled statement behind the scenes): never lend that.

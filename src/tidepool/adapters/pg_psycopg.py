@@ -26,6 +26,7 @@ from ..errors import ConnectError
 from ._errors import scrubbed
 from ._pg import (
     BASELINE_SQL,
+    RESET_DEALLOCATING_SQL,
     RESET_SQL,
     TRANSIENT_CONNECT_SQLSTATES,
     PGTarget,
@@ -33,6 +34,7 @@ from ._pg import (
     is_disconnect_sqlstate,
     resolve_credentials,
     resolve_credentials_sync,
+    wants_deallocate,
 )
 
 __all__ = ["AsyncPsycopgManager", "PsycopgManager"]
@@ -88,11 +90,12 @@ class _PsycopgCommon:
             return None
         return self._cancels.pop(conn, None)
 
-    def _full_reset(self, conn: Any) -> str:
+    def _full_reset(self, conn: Any, *, deallocating: bool = False) -> str:
         if not self._reset_sql:
             return ""
+        reset = RESET_DEALLOCATING_SQL if deallocating else self._reset_sql
         baseline = self._baselines.get(conn)
-        return f"{self._reset_sql}\n{baseline}" if baseline else self._reset_sql
+        return f"{reset}\n{baseline}" if baseline else reset
 
     def _kwargs(self, resolved: dict[str, Any]) -> dict[str, Any]:
         return {**self._base, **resolved}
@@ -239,7 +242,13 @@ class PsycopgManager(_PsycopgCommon):
             raise psycopg.OperationalError(f"connection returned in state {status.name}")
         script = self._full_reset(conn)
         if script:
-            _run_bounded(conn, script.encode(), self._timeout)
+            try:
+                _run_bounded(conn, script.encode(), self._timeout)
+            except psycopg.OperationalError as exc:
+                if not wants_deallocate(exc):
+                    raise
+                deallocating = self._full_reset(conn, deallocating=True)
+                _run_bounded(conn, deallocating.encode(), self._timeout)
         self._forget_notifications(conn)
         _require_idle(conn.info.transaction_status)
 
@@ -459,7 +468,13 @@ class AsyncPsycopgManager(_PsycopgCommon):
             raise psycopg.OperationalError(f"connection returned in state {status.name}")
         script = self._full_reset(conn)
         if script:
-            await _run_bounded_async(conn, script.encode(), self._timeout)
+            try:
+                await _run_bounded_async(conn, script.encode(), self._timeout)
+            except psycopg.OperationalError as exc:
+                if not wants_deallocate(exc):
+                    raise
+                deallocating = self._full_reset(conn, deallocating=True)
+                await _run_bounded_async(conn, deallocating.encode(), self._timeout)
         self._forget_notifications(conn)
         _require_idle(conn.info.transaction_status)
 
