@@ -157,7 +157,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         nargs="?",
         metavar="URL",
         help="database to measure: sqlite:///path.db, postgresql://user@host:5432/db "
-        "(+asyncpg or +psycopg to choose the driver); default: a temporary SQLite file",
+        "(+asyncpg or +psycopg to choose the driver), mysql:// or mariadb://..., redis:// or "
+        "rediss://...; default: a temporary SQLite file",
     )
     parser.add_argument(
         "--workload",
