@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 
 import pytest
 
 import tidepool
 from fakes import AsyncFakeManager, FakeManager, new_apool, new_spool, run
 from tidepool._churn import ChurnWatch, churn_watch
+from tidepool._core.flows import Flows
 
 
 @pytest.fixture(autouse=True)
@@ -170,3 +172,29 @@ def test_every_record_names_its_pool(caplog: pytest.LogCaptureFixture) -> None:
     assert len(records) >= 4
     for record in records:
         assert "'named'" in record.getMessage(), record.getMessage()
+
+
+def test_slow_acquire_warnings_are_rate_limited_with_a_count(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, logger="tidepool")
+    monkeypatch.setattr(Flows, "slow_log_interval", 0.5)
+    pool = new_spool(FakeManager(), max_size=1, slow_acquire=0.01)
+
+    def slow_acquire() -> None:
+        holder = pool.getconn()
+        timer = threading.Timer(0.03, pool.release, args=(holder,))
+        timer.start()
+        with pool.acquire():
+            pass
+        timer.join()
+
+    for _ in range(5):  # within one interval: one record
+        slow_acquire()
+    slow = [r for r in warnings_of(caplog) if "slow_acquire" in r.getMessage()]
+    assert len(slow) == 1
+    time.sleep(0.5)
+    slow_acquire()  # the next interval: one record, counting those not logged
+    slow = [r for r in warnings_of(caplog) if "slow_acquire" in r.getMessage()]
+    assert len(slow) == 2
+    assert "4 more slow acquires" in slow[1].getMessage()

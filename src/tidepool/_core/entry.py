@@ -5,7 +5,7 @@ from __future__ import annotations
 import weakref
 from collections import deque
 from types import CodeType
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 __all__ = ["Entry", "Site", "Where", "site_location"]
 
@@ -34,10 +34,10 @@ def site_location(site: Site) -> tuple[str, int]:
 class Where:
     """Who owns an entry right now (design.md: exactly one owner at every instant)."""
 
-    IDLE = "idle"  # in the idle list
-    BUSY = "busy"  # a worker is checking or resetting it (counts as in_use)
-    LENT = "lent"  # a borrower holds it
-    GONE = "gone"  # retired: closed or being closed, no longer counted in size
+    IDLE: Final = "idle"  # in the idle list
+    BUSY: Final = "busy"  # a worker is checking or resetting it (counts as in_use)
+    LENT: Final = "lent"  # a borrower holds it
+    GONE: Final = "gone"  # retired: closed or being closed, no longer counted in size
 
 
 class Entry(Generic[C]):

@@ -23,6 +23,7 @@ Operations (plain tuples, cheap on the hot path):
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, Generic, TypeVar
@@ -171,17 +172,31 @@ class Flows(Generic[C]):
         the rest of a checkout. Refreshed on every maintenance tick."""
         self._observed = bool(self._listeners) or log.isEnabledFor(logging.DEBUG)
 
+    # A saturated pool makes every acquire slow: one WARNING per interval says so, with how
+    # many more there were, instead of one per acquire flooding the log.
+    slow_log_interval = 10.0
+    _slow_logged_at = -math.inf
+    _slow_unlogged = 0
+
     def _note_slow_acquire(self, entry: Entry[C], waited: float) -> None:
+        now = monotonic()
+        if now - self._slow_logged_at < self.slow_log_interval:
+            self._slow_unlogged += 1  # (racy across threads: only a count in a log line)
+            return
+        unlogged, self._slow_unlogged, self._slow_logged_at = self._slow_unlogged, 0, now
         state = self._state
         log.warning(
             "pool %r: acquiring connection #%d took %.3f s (slow_acquire=%s s); now %s. The "
             "pool is saturated (raise max_size, or hold connections for less time) or "
-            "connecting is slow",
+            "connecting is slow%s",
             state.name,
             entry.id,
             waited,
             self._slow_acquire_after,
             state.counts(),
+            f" ({unlogged} more slow acquires in the last {self.slow_log_interval:.0f} s)"
+            if unlogged
+            else "",
         )
 
     def _note_acquired(self, entry: Entry[C], waited: float) -> None:
