@@ -387,6 +387,15 @@ class PoolBase(Flows[C]):
         """Open lazily: bind to the running loop, start maintenance (the shell implements)."""
         raise NotImplementedError
 
+    def _slow_acquire(self, timeout: float | None, site: Site) -> Flow[tuple[Entry[C], C]]:
+        """The acquire procedure, for when the fast path found nothing idle (the shells'
+        callers have checked the event loop already)."""
+        if not self._opened:
+            self._start()
+        if self._state.reclaim:
+            self._collect_reclaimed()
+        return self.acquire_flow(timeout, site)
+
     def _note_opened(self) -> None:
         """Called by the shell once, when the pool first opens."""
         if self._target_key is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import sys
 import time
 import weakref
 from collections.abc import Generator, Iterable, Sequence
@@ -395,13 +394,6 @@ class AsyncPool(PoolBase[C]):
             lent = await self._drive(self._slow_acquire(timeout, site))
         return lent[1]
 
-    def _slow_acquire(self, timeout: float | None, site: Site) -> Flow[tuple[Entry[C], C]]:
-        if not self._opened:  # (both callers have checked the event loop already)
-            self._start()
-        if self._state.reclaim:
-            self._collect_reclaimed()
-        return self.acquire_flow(timeout, site)
-
     def _borrower_name(self) -> str | None:
         task = asyncio.current_task()
         return task.get_name() if task is not None else None
@@ -450,9 +442,8 @@ class AsyncPool(PoolBase[C]):
             TypeError: the pool's manager has no SQL executor.
         """
         self.executor_method("begin")
-        frame = sys._getframe(1)
-        site = (frame.f_code, frame.f_lasti, None, None)
-        return AsyncTransaction(self, options, AsyncLease(self, self._default_timeout, site))
+        lease: AsyncLease[C] = AsyncLease(self, self._default_timeout, self._site(1))
+        return AsyncTransaction(self, options, lease)
 
     # ------------------------------------------------------------ the shell
 

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
-from .._core.entry import Entry, Site
 from .._core.flows import CALL, WAIT, Flow
 from .._core.waiter import Waiter
 from .._pool_base import (
@@ -243,13 +242,6 @@ class Pool(PoolBase[C]):
         entry = self._entry_to_release(conn)
         if entry is not None:
             self._drive(self.release_flow(entry, conn, discard))
-
-    def _slow_acquire(self, timeout: float | None, site: Site) -> Flow[tuple[Entry[C], C]]:
-        if not self._opened:
-            self._start()
-        if self._state.reclaim:
-            self._collect_reclaimed()
-        return self.acquire_flow(timeout, site)
 
     def _borrower_name(self) -> str | None:
         return threading.current_thread().name

@@ -76,11 +76,6 @@ class _ResettingConnection(asyncpg.Connection):  # type: ignore[misc]
     # on_connect or a reset); -1: unknown. See AsyncpgManager.reset().
     _tidepool_clean_at = -1
 
-    def _tidepool_mark_clean(self) -> None:
-        protocol = self._protocol
-        if protocol is not None:
-            self._tidepool_clean_at = protocol.queries_count
-
     def get_reset_query(self) -> str:
         return self._tidepool_script(self._tidepool_reset_sql)
 
@@ -94,6 +89,13 @@ class _BouncerConnection(_ResettingConnection):
     # Transaction mode: session state does not survive a transaction anyway, and session
     # commands would land on whichever server connection PgBouncer picks.
     _tidepool_reset_sql = ""
+
+
+def _mark_clean(conn: asyncpg.Connection) -> None:
+    """Remember that the session of ``conn`` is clean as of the statements sent so far."""
+    protocol = conn._protocol
+    if isinstance(conn, _ResettingConnection) and protocol is not None:
+        conn._tidepool_clean_at = protocol.queries_count
 
 
 def _untouched(conn: asyncpg.Connection) -> bool:
@@ -189,23 +191,21 @@ class AsyncpgManager:
             connection_class=reset_class,
             **kwargs,
         )
-        if isinstance(conn, _ResettingConnection):
-            conn._tidepool_mark_clean()
+        _mark_clean(conn)
         return conn
 
     async def check(self, conn: asyncpg.Connection) -> None:
         was_clean = _untouched(conn)
         await conn.execute("SELECT 1")
         if was_clean:
-            conn._tidepool_mark_clean()
+            _mark_clean(conn)
 
     async def remember_session(self, conn: asyncpg.Connection) -> None:
         """After ``on_connect``: remember its session settings for the reset to restore."""
         baseline = await conn.fetchval(BASELINE_SQL)
-        if isinstance(conn, _ResettingConnection):
-            if baseline:
-                conn._tidepool_baseline = baseline
-            conn._tidepool_mark_clean()
+        if baseline and isinstance(conn, _ResettingConnection):
+            conn._tidepool_baseline = baseline
+        _mark_clean(conn)
 
     async def reset(self, conn: asyncpg.Connection) -> None:
         protocol = getattr(conn, "_protocol", None)
@@ -239,8 +239,7 @@ class AsyncpgManager:
             # A cancelled borrower's BEGIN can complete on the server after the check above
             # (asyncpg finishes a cancelled statement behind the scenes): never lend that.
             raise asyncpg.InterfaceError("connection still in a transaction after the reset")
-        if isinstance(conn, _ResettingConnection):
-            conn._tidepool_mark_clean()
+        _mark_clean(conn)
 
     async def close(self, conn: asyncpg.Connection) -> None:
         # A graceful close waits for the server; past the bound asyncpg aborts the socket.
