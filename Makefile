@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit docs bench benchmark soak clean
+COMPILED := build/compiled
+SOURCES := $(shell find src/tidepool -name '*.py')
+
+.PHONY: test lint typecheck unit unit-compiled compiled docs bench benchmark soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## make test: ruff, mypy --strict, the documentation (warnings as errors, doctests), the tests
-test: lint typecheck docs unit
+## make test: ruff, mypy --strict, the documentation (warnings as errors, doctests), the tests,
+## then the core and pool tests again against the mypyc-compiled core
+test: lint typecheck docs unit unit-compiled
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -23,6 +27,17 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest
+
+## make compiled: the I/O-free core compiled with mypyc, in build/compiled (what a
+## TIDEPOOL_COMPILE=1 wheel ships); PYTHONPATH=build/compiled imports it
+compiled: $(COMPILED)/.built
+
+$(COMPILED)/.built: $(STAMP) hatch_build.py $(SOURCES)
+	$(BIN)/python hatch_build.py $(COMPILED)
+	touch $@
+
+unit-compiled: $(COMPILED)/.built
+	TIDEPOOL_EXPECT_COMPILED=1 PYTHONPATH=$(COMPILED) $(BIN)/pytest -q tests/core tests/pool tests/test_compiled.py
 
 ## make docs: the Sphinx site in docs/_build/html, warnings as errors, then its doctests
 docs: $(STAMP)
@@ -35,8 +50,9 @@ bench: $(STAMP)
 
 ## make benchmark: every contender and scenario beside the peers (not part of make test;
 ## BENCH_ARGS="--json results.json --reps 5")
-benchmark: $(STAMP)
-	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+## (tidepool's core compiled, as its wheels ship it; BENCH_CORE=pure measures the .py files)
+benchmark: $(COMPILED)/.built
+	PYTHONPATH=$(if $(filter pure,$(BENCH_CORE)),,$(COMPILED)) $(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 ## make soak: a mixed workload with random faults against a private PostgreSQL
 ## (SOAK_SECONDS, default 120; SOAK_SEED; SOAK_JSON=report.json)

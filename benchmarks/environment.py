@@ -133,3 +133,14 @@ def psycopg_impl() -> str | None:
         return None
     impl, libpq = out.stdout.split()
     return f"{impl} (libpq {int(libpq) // 10000}.{int(libpq) % 10000})"
+
+
+def tidepool_core() -> str:
+    """Which build of tidepool's core the worker processes import (they inherit PYTHONPATH:
+    ``make benchmark`` points it at the mypyc-compiled core of ``make compiled``)."""
+    code = "import tidepool._core.state as s; print(s.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    path = out.stdout.strip()
+    if out.returncode or not path:
+        return "unknown"
+    return "compiled with mypyc" if not path.endswith(".py") else "pure Python"

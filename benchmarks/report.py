@@ -723,7 +723,8 @@ def header_lines(data: dict[str, Any]) -> list[str]:
         f"machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory']}, {m['os']}, "
         f"kernel {m['kernel']}, {m['python']}, {m['event_loop']}",
         f"load average at start {m['load_average']}, at the end {meta.get('load_end')}",
-        f"packages: {versions}; psycopg impl {meta.get('psycopg_impl')}",
+        f"packages: {versions}; psycopg impl {meta.get('psycopg_impl')}; tidepool core "
+        f"{meta.get('tidepool_core', 'pure Python')}",
         f"servers: {servers}",
         f"tidepool commit {meta.get('commit')}; {meta['reps']} repetitions, interleaved, one "
         f"fresh process per run; window {meta['seconds']:g} s (checkout-tight 2/3 of it, scale "

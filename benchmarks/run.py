@@ -154,6 +154,7 @@ def measure(args: argparse.Namespace, configs: list[Config]) -> dict[str, Any]:
             "load_end": environment.load(),
             "packages": environment.packages(),
             "psycopg_impl": environment.psycopg_impl(),
+            "tidepool_core": environment.tidepool_core(),
             "servers": servers,
             "commit": environment.git_commit(),
         },

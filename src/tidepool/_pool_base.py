@@ -114,14 +114,6 @@ class LeaseBase(Generic[C]):
         if lent is not None:
             self._entry, self._conn = lent
 
-    def _take(self) -> tuple[Entry[C], C] | None:
-        """Detach the lent connection for its release; ``None`` if there is none (any more)."""
-        entry, conn = self._entry, self._conn
-        if entry is None:
-            return None
-        self._entry = self._conn = None
-        return entry, conn  # type: ignore[return-value]
-
 
 class PoolBase(Flows[C]):
     """Shared part of the two pool shells."""

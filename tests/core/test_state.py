@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tidepool._core.entry import Entry, Where
-from tidepool._core.state import Limits, PoolState
+from tidepool._core.state import BACK, BROKEN, GONE, RESET, Limits, PoolState
 from tidepool._core.waiter import Waiter
 from tidepool.errors import ConnectError, PoolClosed, PoolTimeout, TooManyWaiters
 
@@ -91,8 +91,10 @@ def lend(state: PoolState[Conn], now: float = 0.0) -> tuple[Entry[Conn], Conn]:
 def release(
     state: PoolState[Conn], entry: Entry[Conn], conn: Conn, now: float, *, reusable: bool = True
 ) -> None:
-    assert state.take_back(entry, conn, now) is not None
-    state.give_back(entry, now, reusable=reusable)
+    outcome = state.put_back(entry, conn, now, reset=True)
+    assert outcome != GONE
+    if outcome == RESET:
+        state.give_back(entry, now, reusable=reusable)
 
 
 def enqueue(state: PoolState[Conn], now: float = 0.0, *, alive: bool = True) -> RecWaiter:
@@ -435,7 +437,7 @@ def test_discard_counts_check_and_reset_failures() -> None:
     state.discard(b, check_failed=True)  # the liveness check failed
     assert state.lend_or_enqueue(0.0, RecWaiter, may_wait=True) is a
     conn = state.lend(a, 0.0, None)
-    assert state.take_back(a, conn, 0.0) is True
+    assert state.put_back(a, conn, 0.0, reset=True) == RESET
     state.discard(a, reset_failed=True)  # the reset on return failed
     assert (b.reason, a.reason) == ("check failed", "reset failed")
     assert a.where is Where.GONE
@@ -888,7 +890,7 @@ def test_take_lent_stops_counting_lent_connections() -> None:
     assert drain.wakes == 1
     for entry, conn in held:
         assert state.find_lent(conn) is None
-        assert state.take_back(entry, conn, 1.0) is None  # released late: not the pool's
+        assert state.put_back(entry, conn, 1.0, reset=True) == GONE  # released late
     assert state.snapshot().size == 0
     assert state.take_lent() == []
 
@@ -953,37 +955,60 @@ def test_connection_without_weakref_support_is_held_strongly() -> None:
     assert entry.ref is None
     assert state.find_lent(token) is entry
     assert state.find_lent(object()) is None
-    assert state.take_back(entry, token, 1.0) is True
-    state.give_back(entry, 1.0, reusable=True)
+    assert state.put_back(entry, token, 1.0, reset=False) == BACK
     assert list(state.idle) == [entry]
 
 
-def test_take_back_says_whether_the_connection_would_be_kept() -> None:
+def test_put_back_resets_only_what_it_keeps() -> None:
     state = make_state(max_size=3, max_lifetime=100.0)
     fill(state, 3, now=0.0)
     (a, ca), (b, cb), (c, cc) = (lend(state) for _ in range(3))
-    assert state.take_back(a, ca, 1.0) is True  # worth a reset
+    assert state.put_back(a, ca, 1.0, reset=True) == RESET  # worth a reset
     assert a.where is Where.BUSY
     assert state.find_lent(ca) is None
-    assert state.take_back(b, cb, 100.0) is False  # past its lifetime: will be retired
-    state.resize(2, 0)
-    assert state.take_back(c, cc, 1.0) is False  # over the new max_size
-    assert state.take_back(c, cc, 1.0) is None  # not lent any more
-    state.give_back(c, 1.0, reusable=True)
-    state.give_back(b, 100.0, reusable=True)
+    assert state.put_back(b, cb, 100.0, reset=True) == BACK  # past its lifetime: retired
+    state.resize(1, 0)  # (b already left: 2 open, a and c)
+    assert state.put_back(c, cc, 1.0, reset=True) == BACK  # over the new max_size: retired
+    assert state.put_back(c, cc, 1.0, reset=True) == GONE  # not lent any more
     state.give_back(a, 1.0, reusable=True)
     assert list(state.idle) == [a]
     assert (b.reason, c.reason) == ("lifetime", "resized")
-    assert state.take_retired() == [c, b]
+    assert state.take_retired() == [b, c]
 
 
-def test_find_lent_and_take_back_reject_foreign_connections() -> None:
+def test_put_back_without_reset_hands_to_the_oldest_waiter() -> None:
+    state = make_state(max_size=1)
+    fill(state, 1)
+    entry, conn = lend(state)
+    first, second = enqueue(state), enqueue(state)
+    assert state.put_back(entry, conn, 1.0, reset=False) == BACK
+    assert (first.entry, second.entry) == (entry, None)
+    assert entry.where is Where.BUSY
+    assert entry.idle_since == 1.0
+
+
+def test_put_back_of_broken_or_discarded_connection_retires_it() -> None:
+    dead: set[int] = set()
+    state: PoolState[Conn] = PoolState(
+        "broken", make_state().limits, is_broken=lambda conn: conn.n in dead
+    )
+    fill(state, 2)
+    (a, ca), (b, cb) = lend(state), lend(state)
+    dead.add(ca.n)
+    assert state.put_back(a, ca, 1.0, reset=True) == BROKEN
+    assert state.put_back(b, cb, 1.0, reset=True, discard=True) == BACK
+    assert (a.reason, b.reason) == ("broken", "discarded")
+    assert state.take_retired() == [a, b]
+    assert state.snapshot().size == 0
+
+
+def test_find_lent_and_put_back_reject_foreign_connections() -> None:
     state = make_state()
     fill(state, 1)
     entry, _conn = lend(state)
     stranger = Conn(-1)
     assert state.find_lent(stranger) is None
-    assert state.take_back(entry, stranger, 0.0) is None
+    assert state.put_back(entry, stranger, 0.0, reset=True) == GONE
     assert entry.where is Where.LENT
 
 

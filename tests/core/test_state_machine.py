@@ -18,7 +18,7 @@ from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from tidepool._core.entry import Entry, Where
-from tidepool._core.state import Limits, PoolState
+from tidepool._core.state import BACK, GONE, RESET, Limits, PoolState
 from tidepool._core.waiter import Waiter
 from tidepool.errors import ConnectError, PoolClosed, TooManyWaiters
 
@@ -383,19 +383,28 @@ class PoolMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ release
 
     @precondition(lambda self: self.borrowers or self.orphans)
-    @rule(i=st.integers(0, 15))
-    def take_back(self, i: int) -> None:
+    @rule(i=st.integers(0, 15), reset=st.booleans(), discard=st.booleans())
+    def put_back(self, i: int, reset: bool, discard: bool) -> None:
         n = len(self.borrowers)
         k = i % (n + len(self.orphans))
         if k >= n:  # lent before take_lent(): the pool no longer counts it
             entry, conn = self.orphans.pop(k - n)
-            assert self.pool.take_back(entry, conn, self.now) is None
+            assert self.pool.put_back(entry, conn, self.now, reset=reset) == GONE
             assert entry.where is Where.GONE
             return
         entry, conn = self.borrowers.pop(k)
+        outcome = self.pool.put_back(entry, conn, self.now, reset=reset, discard=discard)
         keeps = not (self.closed or self.size > self.max_size or self.expired(entry))
-        assert self.pool.take_back(entry, conn, self.now) is keeps
-        self.resetting.append((entry, conn))
+        if discard:
+            assert outcome == BACK
+            self.retire(entry, "discarded")
+        elif reset and keeps:
+            assert outcome == RESET
+            assert entry.where is Where.BUSY
+            self.resetting.append((entry, conn))
+        else:
+            assert outcome == BACK
+            self.model_give_back(entry)
 
     @precondition(lambda self: self.resetting)
     @rule(i=st.integers(0, 7), outcome=st.sampled_from(["ok", "broken", "reset failed"]))
@@ -655,8 +664,10 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(i=st.integers(0, 7))
     def release(self, i: int) -> None:
         entry, conn = self.borrowers[i % len(self.borrowers)]
-        self.take_back(self.borrowers.index((entry, conn)))
-        self.give_back(len(self.resetting) - 1, "ok")
+        resetting = len(self.resetting)
+        self.put_back(self.borrowers.index((entry, conn)), reset=True, discard=False)
+        if len(self.resetting) > resetting:
+            self.give_back(len(self.resetting) - 1, "ok")
 
     # ------------------------------------------------------------------ invariants
 

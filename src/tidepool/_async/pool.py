@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Generator, Iterable, Sequence
@@ -27,7 +28,7 @@ from ..manager import AsyncManager
 
 __all__ = ["AsyncLease", "AsyncPool", "AsyncTransaction"]
 
-_get_running_loop = asyncio._get_running_loop
+_get_ident = threading.get_ident
 
 C = TypeVar("C")
 T = TypeVar("T")
@@ -39,7 +40,9 @@ class _FutureWaiter(Waiter):
     __slots__ = ("future",)
 
     def __init__(self, future: asyncio.Future[bool]) -> None:
-        super().__init__()
+        self.entry = None  # (Waiter.__init__, inlined: one per contended acquire)
+        self.error = None
+        self.enqueued_at = 0.0
         self.future = future
 
     def wake(self) -> bool:
@@ -139,7 +142,9 @@ class AsyncLease(LeaseBase[C]):
     async def __aenter__(self) -> C:
         if self._entry is None:  # (try_acquire() built it holding its connection)
             pool = self._pool
-            if pool._loop is not _get_running_loop():
+            # The pool's loop is running in this thread, so it is the running loop: cheaper
+            # than asking asyncio, whose lookup makes a getpid() system call.
+            if getattr(pool._loop, "_thread_id", None) != _get_ident():
                 pool._check_loop_or_unopened()
             # lend_idle(), inlined: this is the whole fast path of a checkout.
             lent = pool._state.try_lend(monotonic(), self._site)
@@ -161,10 +166,8 @@ class AsyncLease(LeaseBase[C]):
             return
         conn, self._entry, self._conn = self._conn, None, None
         pool = self._pool
-        flow = pool.release_flow(entry, conn)  # type: ignore[arg-type]
-        op, pending = _advance(flow, None, None)
-        if op is not _DONE:  # the reset really waits: finish it within its bound
-            await pool._drive(flow, op, pending)
+        if pool.release_start(entry, conn):  # type: ignore[arg-type]
+            await pool._reset(entry, conn)  # type: ignore[arg-type]
 
 
 class AsyncTransaction(Generic[C]):
@@ -381,13 +384,17 @@ class AsyncPool(PoolBase[C]):
             await self._give_back(entry, conn, discard)
 
     async def _give_back(self, entry: Entry[C], conn: C, discard: bool = False) -> None:
-        flow = self.release_flow(entry, conn, discard)
+        if self.release_start(entry, conn, discard):
+            await self._reset(entry, conn)
+
+    async def _reset(self, entry: Entry[C], conn: C) -> None:
+        flow = self.reset_flow(entry, conn)
         op, pending = _advance(flow, None, None)
         if op is not _DONE:  # the reset really waits: finish it within its bound
             await self._drive(flow, op, pending)
 
     async def _acquire(self, timeout: float | None, site: Site) -> C:
-        if self._loop is not _get_running_loop():
+        if getattr(self._loop, "_thread_id", None) != _get_ident():  # see AsyncLease
             self._check_loop_or_unopened()
         lent = self.lend_idle(site)
         if lent is None:

@@ -30,8 +30,8 @@ from typing import Any, Generic, TypeVar
 
 from ..errors import ConnectError
 from .backoff import Backoff
-from .entry import Entry, Site
-from .state import PoolState
+from .entry import Entry, Site, Where
+from .state import BROKEN, GONE, RESET, PoolState
 from .waiter import Waiter
 
 __all__ = ["CALL", "SLEEP", "WAIT", "Flow", "Flows", "Op"]
@@ -117,7 +117,21 @@ class Flows(Generic[C]):
             got = state.lend_or_enqueue(now, self.make_waiter, may_wait=timeout != 0)
             if isinstance(got, Waiter):
                 self.kick()
-                entry = yield from self._wait_for_entry(got, deadline, timeout)
+                # (The wait, inlined: this is every contended acquire.)
+                try:
+                    woken = yield (WAIT, got, deadline)
+                except BaseException:
+                    # Cancelled (or the core delivered an error): if a connection was handed
+                    # to us in the meantime it is ours, so pass it on before leaving.
+                    handed = state.withdraw(got)
+                    if handed is not None:
+                        state.give_back(handed, monotonic(), reusable=True)
+                        self.kick()
+                    raise
+                handed = got.entry if woken else state.withdraw(got)
+                if handed is None:
+                    raise self._timed_out(got, timeout, None)
+                entry = handed
             elif got is None:
                 self.kick()
                 raise self._timed_out(None, timeout, "wait")
@@ -204,25 +218,6 @@ class Flows(Generic[C]):
         if self._listeners:
             self.emit("on_acquire", entry.id, waited)
 
-    def _wait_for_entry(
-        self, waiter: Waiter, deadline: float | None, timeout: float | None
-    ) -> Flow[Entry[C]]:
-        state = self._state
-        try:
-            woken = yield (WAIT, waiter, deadline)
-        except BaseException:
-            # Cancelled (or the core delivered an error): if a connection was handed to us
-            # in the meantime it is ours, so pass it on before leaving.
-            handed = state.withdraw(waiter)
-            if handed is not None:
-                state.give_back(handed, monotonic(), reusable=True)
-                self.kick()
-            raise
-        handed = waiter.entry if woken else state.withdraw(waiter)
-        if handed is None:
-            raise self._timed_out(waiter, timeout, None)
-        return handed
-
     def _timed_out(self, waiter: Waiter | None, timeout: float | None, phase: Any) -> Exception:
         error = self._state.timeout_error(waiter, timeout, phase)
         log.debug("pool %r: %s", self._state.name, error)
@@ -236,32 +231,39 @@ class Flows(Generic[C]):
         """Take ``conn`` back: reset it (bounded) and hand it on, or close it when it is
         broken, cannot be reset, or the reset was interrupted. ``discard``: the borrower
         says it must not be lent again (closed as "discarded", no reset)."""
+        if self.release_start(entry, conn, discard):
+            yield from self.reset_flow(entry, conn)
+
+    def release_start(self, entry: Entry[C], conn: C, discard: bool = False) -> bool:
+        """The part of a release that needs no I/O, and all of it when no reset is due:
+        returns ``True`` when ``conn`` must now be reset with :meth:`reset_flow` (the shells
+        call this directly, so a release without a reset runs no procedure at all)."""
         state = self._state
-        keep = state.take_back(entry, conn, monotonic())
-        if keep is None:
-            return  # no longer ours (closed hard by close(), or inherited across fork)
-        if self._observed:
+        if self._observed and entry.where is Where.LENT:
             used = monotonic() - entry.lent_since
             log.debug("pool %r: connection #%d back after %.6f s", state.name, entry.id, used)
             if self._listeners:
                 self.emit("on_release", entry.id, used)
-        if discard:
+        outcome = state.put_back(
+            entry, conn, monotonic(), reset=self._reset_enabled, discard=discard
+        )
+        if outcome == RESET:
+            return True
+        if outcome == BROKEN:
             # Not a disconnect unless the connection really is broken: a healthy connection
-            # the borrower gave up on says nothing about the others.
-            broken = self._m_is_broken(conn)
-            state.give_back(entry, monotonic(), reusable=False, reason="discarded")
-            if broken:
-                self._note_disconnect(entry, conn, None)
+            # the borrower discarded says nothing about the others.
+            self._note_disconnect(entry, conn, None)
+        if outcome != GONE:
             self.kick()
-            return
+        return False
+
+    def reset_flow(self, entry: Entry[C], conn: C) -> Flow[None]:
+        """Reset a connection :meth:`release_start` took back (bounded by
+        ``connect_timeout``), then hand it on; close it if the reset fails or is
+        interrupted."""
+        state = self._state
         try:
-            if self._m_is_broken(conn):
-                state.give_back(entry, monotonic(), reusable=False)
-                self._note_disconnect(entry, conn, None)
-                self.kick()
-                return
-            if keep and self._reset_enabled:
-                yield (CALL, self._m_reset, (conn,), self._connect_timeout)
+            yield (CALL, self._m_reset, (conn,), self._connect_timeout)
         except BaseException as exc:
             state.discard(entry, reset_failed=isinstance(exc, Exception))
             if isinstance(exc, Exception):

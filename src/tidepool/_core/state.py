@@ -20,16 +20,22 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from ..errors import PoolClosed, PoolTimeout, TimeoutPhase, TooManyWaiters
 from .entry import Entry, Site, Where
 from .stats import PoolStats
 from .waiter import Waiter, WaiterQueue
 
-__all__ = ["Limits", "PoolState"]
+__all__ = ["BACK", "BROKEN", "GONE", "RESET", "Limits", "PoolState"]
 
 C = TypeVar("C")
+
+# What put_back() tells the caller to do next (see there).
+BACK: Final = 0
+RESET: Final = 1
+BROKEN: Final = 2
+GONE: Final = 3
 
 LIFETIME_JITTER = 0.05  # retire up to 5 % early so connections born together do not die together
 
@@ -284,24 +290,45 @@ class PoolState(Generic[C]):
                 return None
             return entry
 
-    def take_back(self, entry: Entry[C], conn: C, now: float) -> bool | None:
-        """A borrower returns ``conn``: the entry becomes ``BUSY`` (being reset).
+    def put_back(
+        self, entry: Entry[C], conn: C, now: float, *, reset: bool, discard: bool = False
+    ) -> int:
+        """A borrower returns ``conn``, in one atomic step. Returns what the caller does next:
 
-        Returns ``True`` if the connection would go back to the pool (so a reset is worth
-        doing), ``False`` if it will be retired anyway, and ``None`` when the pool no longer
-        counts this entry (it was hard-closed by ``close()``, or inherited across fork): the
-        caller must then drop the connection.
+        ``BACK``
+            done: handed to the oldest live waiter, put in the idle list, or retired because
+            the pool no longer wants it (closed, expired, over ``max_size``) or the borrower
+            asked (``discard``, reason ``"discarded"``).
+        ``RESET``
+            ``reset`` was asked and the connection will be kept: it is ``BUSY``; reset it,
+            then :meth:`give_back` it (or :meth:`discard` it if the reset fails).
+        ``BROKEN``
+            the manager's ``is_broken`` says it is dead: retired (the caller may treat it as a
+            disconnect).
+        ``GONE``
+            the pool no longer counts this entry (hard-closed by ``close()``, inherited across
+            fork, or released twice): the caller must drop the connection.
         """
         with self.lock:
             lent = self.lent
             key = id(conn)
             if entry.where is not Where.LENT or lent.get(key) is not entry:
-                return None
+                return GONE
             del lent[key]
             entry.conn = conn
             entry.ref = None
-            entry.where = Where.BUSY
-            return self.keeps(entry, now)
+            broken = self._broken(entry)
+            if broken or discard:
+                self._retire(entry, "discarded" if discard else "broken")
+                return BROKEN if broken else BACK
+            if not self.keeps(entry, now):
+                self._retire(entry, self._unkept_reason(entry))
+            elif reset:
+                entry.where = Where.BUSY
+                return RESET
+            else:
+                self._put_idle(entry, now)
+            return BACK
 
     def keeps(self, entry: Entry[C], now: float) -> bool:
         """Whether ``entry`` would go back to the pool now (so a reset is worth doing)."""
@@ -334,23 +361,23 @@ class PoolState(Generic[C]):
         with self.lock:
             if not reusable:
                 self._retire(entry, reason)
-                return
-            if not self.keeps(entry, now):
-                self._retire(
-                    entry,
-                    "pool closed"
-                    if self.closed
-                    else (
-                        "resized"
-                        if self.size > self.limits.max_size
-                        else self._expiry_reason(entry)
-                    ),
-                )
-                return
-            entry.idle_since = now  # just reset: as good as a fresh check
-            if not self._hand_to_waiter(entry):
-                entry.where = Where.IDLE
-                self.idle.append(entry)
+            elif not self.keeps(entry, now):
+                self._retire(entry, self._unkept_reason(entry))
+            else:
+                self._put_idle(entry, now)
+
+    def _put_idle(self, entry: Entry[C], now: float) -> None:
+        entry.idle_since = now  # just reset: as good as a fresh check
+        if not (self.waiters and self._hand_to_waiter(entry)):
+            entry.where = Where.IDLE
+            self.idle.append(entry)
+
+    def _unkept_reason(self, entry: Entry[C]) -> str:
+        if self.closed:
+            return "pool closed"
+        if self.size > self.limits.max_size:
+            return "resized"
+        return self._expiry_reason(entry)
 
     def discard(
         self, entry: Entry[C], *, check_failed: bool = False, reset_failed: bool = False
@@ -406,9 +433,13 @@ class PoolState(Generic[C]):
         """Cheap, racy pre-check for :meth:`begin_worker` (a later state change re-checks)."""
         if not self.waiters and self.size >= self.limits.min_size:
             return False
-        return self.workers < self.limits.max_connecting and self.size < self.limits.max_size and (
-            len(self.waiters) > self.connecting
-            or (self.size < self.limits.min_size and not self.fill_paused)
+        return (
+            self.workers < self.limits.max_connecting
+            and self.size < self.limits.max_size
+            and (
+                len(self.waiters) > self.connecting
+                or (self.size < self.limits.min_size and not self.fill_paused)
+            )
         )
 
     def begin_worker(self) -> bool:
@@ -486,9 +517,8 @@ class PoolState(Generic[C]):
             )
             if self.closed or generation != self.generation or self.size > self.limits.max_size:
                 self._retire(entry, "pool closed" if self.closed else "expired")
-            elif not self._hand_to_waiter(entry):
-                entry.where = Where.IDLE
-                self.idle.append(entry)
+            else:
+                self._put_idle(entry, now)
             return entry
 
     # ----------------------------------------------------------------- maintenance

@@ -74,9 +74,12 @@ class Lease(LeaseBase[C]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        held = self._take()
-        if held is not None:
-            self._pool._drive(self._pool.release_flow(*held))
+        entry = self._entry
+        if entry is not None:
+            conn, self._entry, self._conn = self._conn, None, None
+            pool = self._pool
+            if pool.release_start(entry, conn):  # type: ignore[arg-type]
+                pool._drive(pool.reset_flow(entry, conn))  # type: ignore[arg-type]
 
 
 class Pool(PoolBase[C]):

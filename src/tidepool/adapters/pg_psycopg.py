@@ -40,6 +40,7 @@ from ._pg import (
 __all__ = ["AsyncPsycopgManager", "PsycopgManager"]
 
 _IDLE = pq.TransactionStatus.IDLE
+_BAD = int(pq.ConnStatus.BAD)
 _IN_TRANSACTION = (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR)
 
 
@@ -101,7 +102,9 @@ class _PsycopgCommon:
         return {**self._base, **resolved}
 
     def is_broken(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
-        return bool(conn.closed or conn.broken)
+        # What ``conn.closed or conn.broken`` says (a broken connection is always closed),
+        # read from libpq directly: the two properties cost 0.6 us, twice per checkout.
+        return bool(conn.pgconn.status == _BAD)
 
     def is_disconnect(
         self,
