@@ -40,9 +40,7 @@ class _FutureWaiter(Waiter):
     __slots__ = ("future",)
 
     def __init__(self, future: asyncio.Future[bool]) -> None:
-        self.entry = None  # (Waiter.__init__, inlined: one per contended acquire)
-        self.error = None
-        self.enqueued_at = 0.0
+        super().__init__()
         self.future = future
 
     def wake(self) -> bool:
