@@ -5,7 +5,11 @@ lent object is a ``redis.asyncio.Redis`` / ``redis.Redis`` bound to one server c
 ``await conn.get("k")`` and friends work as usual, and ``pool.execute("SET", "k", "v")`` runs
 one command on a connection of its own.
 
-On return the session is made as if freshly connected, in one round trip: ``RESET`` (Redis >=
+On return the session is made as if freshly connected. When the borrower wrote no command that
+can change the session (``SELECT``, ``MULTI``, ``WATCH``, ``SUBSCRIBE``, ``CLIENT``, ``HELLO``,
+...) and read every reply, there is nothing to undo and nothing is sent: the adapter counts
+each connection's commands and replies inside redis-py (see ``_redis_traffic``). Otherwise the
+reset takes one round trip: ``RESET`` (Redis >=
 6.2: leaves MULTI, WATCH, pub/sub, client tracking, ``CLIENT REPLY OFF``, the selected database
 and the login), then ``HELLO <protocol> [AUTH user password] SETNAME <name>`` and ``SELECT <db>``
 to restore what ``RESET`` drops, then ``PING <nonce>`` whose echo proves that the next reply
@@ -52,6 +56,7 @@ from .._url import Secret, parse_url
 from ..errors import ConfigError, ConnectError
 from ._errors import scrubbed
 from ._pg import resolve_credentials, resolve_credentials_sync
+from ._redis_traffic import settle, untouched, watch
 
 __all__ = ["AsyncRedisManager", "RedisManager", "RedisTarget", "build"]
 
@@ -541,6 +546,7 @@ class AsyncRedisManager(_RedisCommon):
             else:
                 login = self._login(conn.username, conn.password)
             self._sessions[client] = self._session(client, hello, login)
+            watch(conn)
         except BaseException:
             await _discard_async(client)
             raise
@@ -553,6 +559,11 @@ class AsyncRedisManager(_RedisCommon):
 
     async def reset(self, conn: redis.asyncio.Redis) -> None:
         raw = _connected_async(conn)
+        if not untouched(raw):
+            await self._full_reset(conn, raw)
+        await _drop_extra_async(conn)
+
+    async def _full_reset(self, conn: redis.asyncio.Redis, raw: Any) -> None:
         session = self._sessions[conn]
         nonce = self._nonce()
         commands = _reset_commands(session, nonce)
@@ -572,7 +583,7 @@ class AsyncRedisManager(_RedisCommon):
                     replies.append(None)
                     errors.append(exc)
             _check_legacy(replies, errors, nonce)
-        await _drop_extra_async(conn)
+        settle(raw)
 
     async def close(self, conn: redis.asyncio.Redis) -> None:
         await _discard_async(conn)
@@ -669,6 +680,7 @@ class RedisManager(_RedisCommon):
                 login = self._login(conn.username, conn.password)
             self._sessions[client] = self._session(client, hello, login)
             _set_read_timeout(conn, wanted)
+            watch(conn)
         except BaseException:
             _discard_sync(client)
             raise
@@ -681,6 +693,12 @@ class RedisManager(_RedisCommon):
 
     def reset(self, conn: redis.Redis) -> None:
         raw = _connected_sync(conn)
+        if not untouched(raw):
+            self._full_reset(conn, raw)
+        if getattr(conn.connection_pool, "_available_connections", True):
+            conn.connection_pool.disconnect(inuse_connections=False)
+
+    def _full_reset(self, conn: redis.Redis, raw: Any) -> None:
         session = self._sessions[conn]
         nonce = self._nonce()
         commands = _reset_commands(session, nonce)
@@ -701,8 +719,7 @@ class RedisManager(_RedisCommon):
                     replies.append(None)
                     errors.append(exc)
             _check_legacy(replies, errors, nonce)
-        if getattr(conn.connection_pool, "_available_connections", True):
-            conn.connection_pool.disconnect(inuse_connections=False)
+        settle(raw)
 
     def close(self, conn: redis.Redis) -> None:
         _discard_sync(conn)
