@@ -1,0 +1,112 @@
+"""The client CPU one contended checkout costs, with no I/O in the way.
+
+64 asyncio tasks share 10 connections of a manager that does no I/O; each task acquires,
+yields to the event loop once, and releases. The same loop on an ``asyncio.Semaphore`` and a
+list is the floor a pool can be compared with. CPU per operation comes from ``getrusage``.
+
+    python benchmarks/probes/contention.py pool semaphore          # the pure-Python core
+    PYTHONPATH=build/compiled python benchmarks/probes/contention.py pool   # make compiled first
+    python benchmarks/probes/contention.py pool --profile          # where the time goes (cProfile)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import resource
+from typing import Any
+
+import tidepool
+import tidepool._core.state as core_state
+
+TASKS, CONNECTIONS = 64, 10
+
+
+class NoIO:
+    """A manager whose connections are plain objects."""
+
+    async def connect(self) -> object:
+        return object()
+
+    async def check(self, conn: object) -> None:
+        pass
+
+    async def reset(self, conn: object) -> None:
+        pass
+
+    async def close(self, conn: object) -> None:
+        pass
+
+    def is_broken(self, conn: object) -> bool:
+        return False
+
+
+async def measure(kind: str, seconds: float, profile: bool) -> None:
+    done, stop = 0, False
+    pool: Any = None
+    if kind == "semaphore":
+        free, gate = [object() for _ in range(CONNECTIONS)], asyncio.Semaphore(CONNECTIONS)
+
+        async def worker() -> None:
+            nonlocal done
+            while not stop:
+                async with gate:
+                    conn = free.pop()
+                    try:
+                        await asyncio.sleep(0)
+                    finally:
+                        free.append(conn)
+                done += 1
+    else:
+        pool = tidepool.AsyncPool(NoIO(), max_size=CONNECTIONS, min_size=CONNECTIONS, reset=False)
+        await pool.open()
+        while pool.stats().idle < CONNECTIONS:  # noqa: ASYNC110 - no event for "filled"
+            await asyncio.sleep(0.01)
+
+        async def worker() -> None:
+            nonlocal done
+            while not stop:
+                async with pool.acquire():
+                    await asyncio.sleep(0)
+                done += 1
+
+    tasks = [asyncio.create_task(worker()) for _ in range(TASKS)]
+    await asyncio.sleep(0.5)
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        profiler.enable()
+    n0, r0 = done, resource.getrusage(resource.RUSAGE_SELF)
+    await asyncio.sleep(seconds)
+    n1, r1 = done, resource.getrusage(resource.RUSAGE_SELF)
+    if profiler is not None:
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+    stop = True
+    await asyncio.gather(*tasks)
+    if pool is not None:
+        await pool.aclose()
+    ops = n1 - n0
+    cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+    print(f"{kind:9s} {ops / seconds:9,.0f} ops/s   CPU {cpu / ops * 1e6:6.2f} us/op", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("kinds", nargs="*", help="pool and/or semaphore (both)")
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    kinds = args.kinds or ["pool", "semaphore"]
+    if set(kinds) - {"pool", "semaphore"}:
+        parser.error("kinds are: pool, semaphore")
+    for _ in range(args.rounds):
+        for kind in kinds:
+            asyncio.run(measure(kind, args.seconds, args.profile))
+    print(f"core: {core_state.__file__}")
+
+
+if __name__ == "__main__":
+    main()
