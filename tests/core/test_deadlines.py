@@ -60,6 +60,35 @@ def test_dead_entries_do_not_accumulate() -> None:
     assert len(heap) <= 2 * 11 + 64 + 1
 
 
+def test_callers_served_in_turn_leave_at_once() -> None:
+    # The common case: one acquire_timeout for everyone, served oldest first. A served
+    # caller's entry must go at the next push, not linger (an entry kept alive is a tuple, a
+    # waiter and a future per acquire, which kept the cyclic garbage collector busy).
+    heap: DeadlineHeap[W] = DeadlineHeap(alive)
+    queued: list[W] = []
+    for i in range(10_000):
+        w = W(str(i))
+        heap.push(30.0 + i * 1e-5, w, live=len(queued) + 1)
+        queued.append(w)
+        if len(queued) > 10:
+            queued.pop(0).waiting = False
+        assert len(heap) <= 12
+
+
+def test_a_shorter_timeout_that_arrives_later_is_due_first() -> None:
+    heap: DeadlineHeap[W] = DeadlineHeap(alive)
+    a, b, c, d = W("a"), W("b"), W("c"), W("d")
+    heap.push(10.0, a, live=1)
+    heap.push(20.0, b, live=2)
+    heap.push(5.0, c, live=3)  # acquire(timeout=...) shorter than the pool's
+    heap.push(15.0, d, live=4)
+    assert heap.earliest() == 5.0
+    assert [w.name for w in heap.pop_due(6.0)] == ["c"]
+    assert heap.earliest() == 10.0
+    assert [w.name for w in heap.pop_due(25.0)] == ["a", "d", "b"]
+    assert heap.earliest() is None
+
+
 @given(
     st.lists(
         st.tuples(st.floats(0, 100, allow_nan=False), st.booleans()), min_size=0, max_size=60
@@ -77,6 +106,9 @@ def test_pop_due_returns_exactly_the_live_waiters_past_their_deadline(
         waiters.append((deadline, w))
         w.waiting = not served
     expected = {id(w) for deadline, w in waiters if w.waiting and deadline <= now}
-    assert {id(w) for w in heap.pop_due(now)} == expected
+    due = heap.pop_due(now)
+    assert {id(w) for w in due} == expected
+    deadlines = {id(w): deadline for deadline, w in waiters}
+    assert [deadlines[id(w)] for w in due] == sorted(deadlines[id(w)] for w in due)
     remaining = [deadline for deadline, w in waiters if w.waiting and deadline > now]
     assert heap.earliest() == (min(remaining) if remaining else None)
