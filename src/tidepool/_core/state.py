@@ -352,15 +352,12 @@ class PoolState(Generic[C]):
         open. Retirement for a reason that matters (expire(), a disconnect) is immediate."""
         return self.size > self.limits.min_size - self.limits.max_connecting
 
-    def give_back(
-        self, entry: Entry[C], now: float, *, reusable: bool, reason: str = "broken"
-    ) -> None:
+    def give_back(self, entry: Entry[C], now: float, *, reusable: bool) -> None:
         """A ``BUSY`` entry is done (reset, or failed): hand it to the oldest live waiter, put
-        it in the idle list, or retire it (not ``reusable``: for ``reason``; or expired,
-        closed, or over ``max_size``)."""
+        it in the idle list, or retire it (broken, expired, closed, or over ``max_size``)."""
         with self.lock:
             if not reusable:
-                self._retire(entry, reason)
+                self._retire(entry, "broken")
             elif not self.keeps(entry, now):
                 self._retire(entry, self._unkept_reason(entry))
             else:

@@ -26,6 +26,7 @@ __all__ = [
     "begin_sql",
     "forget_locals",
     "is_disconnect_sqlstate",
+    "reset_script",
     "resolve_credentials",
     "wants_deallocate",
 ]
@@ -127,6 +128,12 @@ END $tidepool_reset$;"""
 
 RESET_SQL = f"{_RESET_STEPS}\n{_PREPARED_PROBE}"
 RESET_DEALLOCATING_SQL = f"{_RESET_STEPS}\n{_DEALLOCATE_SQL}"
+
+
+def reset_script(reset_sql: str, baseline: str | None) -> str:
+    """``reset_sql`` followed by the session's :data:`BASELINE_SQL` restore, if it has one, so
+    that both run in one round trip; ``""`` when there is no reset to run."""
+    return f"{reset_sql}\n{baseline}" if reset_sql and baseline else reset_sql
 
 
 def wants_deallocate(error: BaseException) -> bool:

@@ -25,6 +25,7 @@ from ._pg import (
     PGTarget,
     begin_sql,
     is_disconnect_sqlstate,
+    reset_script,
     resolve_credentials,
     wants_deallocate,
 )
@@ -80,9 +81,7 @@ class _ResettingConnection(asyncpg.Connection):  # type: ignore[misc]
         return self._tidepool_script(self._tidepool_reset_sql)
 
     def _tidepool_script(self, reset_sql: str) -> str:
-        if reset_sql and self._tidepool_baseline:
-            return f"{reset_sql}\n{self._tidepool_baseline}"
-        return reset_sql
+        return reset_script(reset_sql, self._tidepool_baseline)
 
 
 class _BouncerConnection(_ResettingConnection):

@@ -32,6 +32,7 @@ from ._pg import (
     PGTarget,
     begin_sql,
     is_disconnect_sqlstate,
+    reset_script,
     resolve_credentials,
     resolve_credentials_sync,
     wants_deallocate,
@@ -95,8 +96,7 @@ class _PsycopgCommon:
         if not self._reset_sql:
             return ""
         reset = RESET_DEALLOCATING_SQL if deallocating else self._reset_sql
-        baseline = self._baselines.get(conn)
-        return f"{reset}\n{baseline}" if baseline else reset
+        return reset_script(reset, self._baselines.get(conn))
 
     def _kwargs(self, resolved: dict[str, Any]) -> dict[str, Any]:
         return {**self._base, **resolved}
