@@ -35,7 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool, QueuePool
 
 import tidepool
-from fakes import FakeManager, new_spool
+from fakes import FakeManager, new_spool, until
 from pg_helpers import admin, app_name, pg_url, require_pg, session_count, wait_sessions
 from tidepool.integrations.sqlalchemy import (
     async_creator,
@@ -551,8 +551,25 @@ def test_asyncpg_terminate_returns_the_connection() -> None:
             assert bridged.is_closed()
             bridged.terminate()  # twice: nothing more
             await settle(pool)
-            assert pool.stats().closed == 1
+            await until(lambda: pool.stats().closed == 1)
             assert await pool.fetch_value("SELECT 1") == 1
+
+    asyncio.run(main())
+
+
+def test_asyncpg_terminate_retires_only_that_connection() -> None:
+    # An abort of the bridge's own is not a disconnect: the idle connection stays in service.
+    async def main() -> None:
+        async with pg_apool("asyncpg", max_size=2) as (pool, _app):
+            async with pool.acquire() as first, pool.acquire() as second:
+                pids = {first.get_server_pid(), second.get_server_pid()}
+            bridged = await async_creator(pool)()
+            bridged.terminate()
+            await settle(pool)
+            await until(lambda: pool.stats().closed == 1)
+            assert (pool.stats().idle, pool.stats().connects) == (1, 2)
+            async with pool.acquire(timeout=0) as conn:
+                assert conn.get_server_pid() in pids
 
     asyncio.run(main())
 
@@ -723,9 +740,7 @@ def test_async_creator_needs_sqlalchemy_2_0_16(monkeypatch: pytest.MonkeyPatch) 
 
 def test_import_error_names_the_extra() -> None:
     script = (
-        "import sys\n"
-        "sys.modules['sqlalchemy'] = None\n"
-        "import tidepool.integrations.sqlalchemy\n"
+        "import sys\nsys.modules['sqlalchemy'] = None\nimport tidepool.integrations.sqlalchemy\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False

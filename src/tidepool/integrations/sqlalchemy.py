@@ -306,9 +306,7 @@ class _PsycopgBridged(_PsycopgCommon, _SyncBridged):
         for undo in reversed(self._tp_undo):
             undo()
         if _psycopg_settings(conn) != self._tp_saved:
-            conn.autocommit, conn.isolation_level, conn.read_only, conn.deferrable = (
-                self._tp_saved
-            )
+            conn.autocommit, conn.isolation_level, conn.read_only, conn.deferrable = self._tp_saved
 
 
 class _SQLiteBridged(_SyncBridged):
@@ -407,31 +405,28 @@ class _AsyncpgBridged(_AsyncBridged):
         self._tp_undo.append(functools.partial(conn.reset_type_codec, typename, schema=schema))
 
     def terminate(self) -> None:
-        """Abort the connection and give it back to the pool, which retires it (SQLAlchemy's
-        last resort, also for a connection garbage-collected without being closed)."""
+        """Give the connection back to the pool, which retires it, and abort it (SQLAlchemy's
+        last resort, also for a connection garbage-collected without being closed).
+
+        It goes back first, while still open: a connection that is already closed when it
+        comes back was lost to a disconnect, which retires every older connection, and an
+        abort of our own says nothing about the others."""
         conn = self._tp_take()
         if conn is None:
             return
-        conn.terminate()
+        pool = self._tp_pool
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            # Outside the event loop (a garbage collection in another thread): the pool
-            # reclaims the connection once it is collected, with a ResourceWarning.
-            return
-        task = loop.create_task(self._tp_pool.release(conn, discard=True))
-        _background.add(task)
-        task.add_done_callback(_released)
-
-
-
-_background: set[asyncio.Task[Any]] = set()
-
-
-def _released(task: asyncio.Task[Any]) -> None:
-    _background.discard(task)
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.warning("returning a terminated connection to its pool failed: %r", exc)
+            loop = None
+        if loop is not None and loop is pool._loop:
+            # A discard does no I/O: its whole release is this synchronous step.
+            entry = pool._state.find_lent(conn)
+            if entry is not None:
+                pool.release_start(entry, conn, discard=True)
+        # Otherwise (a garbage collection outside the pool's loop) the pool reclaims the
+        # aborted connection once it is collected, with a ResourceWarning.
+        conn.terminate()
 
 
 class _AsyncPsycopgBridged(_PsycopgCommon, _AsyncBridged):
@@ -460,7 +455,6 @@ class _AsyncPsycopgBridged(_PsycopgCommon, _AsyncBridged):
             await conn.set_isolation_level(isolation)
             await conn.set_read_only(read_only)
             await conn.set_deferrable(deferrable)
-
 
 
 async def _call_async(fn: Callable[[], Any]) -> None:
