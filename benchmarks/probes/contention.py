@@ -2,9 +2,12 @@
 
 64 asyncio tasks share 10 connections of a manager that does no I/O; each task acquires,
 yields to the event loop once, and releases. The same loop on an ``asyncio.Semaphore`` and a
-list is the floor a pool can be compared with. CPU per operation comes from ``getrusage``.
+list is the floor a pool can be compared with; ``fifo`` is the smallest fair pool in Python
+(a lock, a list of idle connections, a FIFO of futures, a lease object), with none of a
+pool's other duties (deadlines, accounting, liveness, leak watch, statistics). CPU per
+operation comes from ``getrusage``.
 
-    python benchmarks/probes/contention.py pool semaphore          # the pure-Python core
+    python benchmarks/probes/contention.py pool semaphore fifo     # the pure-Python core
     PYTHONPATH=build/compiled python benchmarks/probes/contention.py pool   # make compiled first
     python benchmarks/probes/contention.py pool --profile          # where the time goes (cProfile)
 """
@@ -16,6 +19,8 @@ import asyncio
 import cProfile
 import pstats
 import resource
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import tidepool
@@ -43,6 +48,52 @@ class NoIO:
         return False
 
 
+class FifoPool:
+    """The smallest fair pool: idle connections, a FIFO of waiting futures, a hand-off."""
+
+    def __init__(self, conns: list[object]) -> None:
+        self.lock = threading.Lock()
+        self.idle = conns
+        self.waiters: OrderedDict[asyncio.Future[object], None] = OrderedDict()
+        self.loop = asyncio.get_running_loop()
+
+    def acquire(self) -> FifoLease:
+        return FifoLease(self)
+
+    def take(self) -> object | asyncio.Future[object]:
+        with self.lock:
+            if self.idle:
+                return self.idle.pop()
+            future = self.loop.create_future()
+            self.waiters[future] = None
+            return future
+
+    def give(self, conn: object) -> None:
+        with self.lock:
+            while self.waiters:
+                future = self.waiters.popitem(last=False)[0]
+                if not future.done():
+                    future.set_result(conn)
+                    return
+            self.idle.append(conn)
+
+
+class FifoLease:
+    __slots__ = ("conn", "pool")
+
+    def __init__(self, pool: FifoPool) -> None:
+        self.pool = pool
+        self.conn: object = None
+
+    async def __aenter__(self) -> object:
+        got = self.pool.take()
+        self.conn = await got if isinstance(got, asyncio.Future) else got
+        return self.conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.pool.give(self.conn)
+
+
 async def measure(kind: str, seconds: float, profile: bool) -> None:
     done, stop = 0, False
     pool: Any = None
@@ -58,6 +109,15 @@ async def measure(kind: str, seconds: float, profile: bool) -> None:
                         await asyncio.sleep(0)
                     finally:
                         free.append(conn)
+                done += 1
+    elif kind == "fifo":
+        fifo = FifoPool([object() for _ in range(CONNECTIONS)])
+
+        async def worker() -> None:
+            nonlocal done
+            while not stop:
+                async with fifo.acquire():
+                    await asyncio.sleep(0)
                 done += 1
     else:
         pool = tidepool.AsyncPool(NoIO(), max_size=CONNECTIONS, min_size=CONNECTIONS, reset=False)
@@ -94,14 +154,14 @@ async def measure(kind: str, seconds: float, profile: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kinds", nargs="*", help="pool and/or semaphore (both)")
+    parser.add_argument("kinds", nargs="*", help="pool, semaphore and/or fifo (all three)")
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    kinds = args.kinds or ["pool", "semaphore"]
-    if set(kinds) - {"pool", "semaphore"}:
-        parser.error("kinds are: pool, semaphore")
+    kinds = args.kinds or ["pool", "semaphore", "fifo"]
+    if set(kinds) - {"pool", "semaphore", "fifo"}:
+        parser.error("kinds are: pool, semaphore, fifo")
     for _ in range(args.rounds):
         for kind in kinds:
             asyncio.run(measure(kind, args.seconds, args.profile))

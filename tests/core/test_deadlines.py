@@ -14,12 +14,12 @@ class W:
         self.waiting = True
 
 
-def alive(w: W) -> bool:
-    return w.waiting
+def finished(w: W) -> bool:
+    return not w.waiting
 
 
 def test_due_waiters_come_out_in_deadline_order_and_dead_ones_are_skipped() -> None:
-    heap: DeadlineHeap[W] = DeadlineHeap(alive)
+    heap: DeadlineHeap[W] = DeadlineHeap(finished)
     a, b, c, d = W("a"), W("b"), W("c"), W("d")
     heap.push(3.0, a, live=1)
     heap.push(1.0, b, live=2)
@@ -35,7 +35,7 @@ def test_due_waiters_come_out_in_deadline_order_and_dead_ones_are_skipped() -> N
 
 
 def test_earliest_skips_dead_entries_and_is_none_when_nobody_waits() -> None:
-    heap: DeadlineHeap[W] = DeadlineHeap(alive)
+    heap: DeadlineHeap[W] = DeadlineHeap(finished)
     first, second = W("first"), W("second")
     heap.push(1.0, first, live=1)
     heap.push(5.0, second, live=2)
@@ -52,7 +52,7 @@ def test_callers_served_in_turn_leave_at_once() -> None:
     # not to the traffic, and a served caller's must go at the next push (an entry kept alive
     # is a tuple, a waiter and a future per acquire, which kept the cyclic garbage collector
     # busy).
-    heap: DeadlineHeap[W] = DeadlineHeap(alive)
+    heap: DeadlineHeap[W] = DeadlineHeap(finished)
     queued: list[W] = []
     for i in range(10_000):
         w = W(str(i))
@@ -64,7 +64,7 @@ def test_callers_served_in_turn_leave_at_once() -> None:
 
 
 def test_a_shorter_timeout_that_arrives_later_is_due_first() -> None:
-    heap: DeadlineHeap[W] = DeadlineHeap(alive)
+    heap: DeadlineHeap[W] = DeadlineHeap(finished)
     a, b, c, d = W("a"), W("b"), W("c"), W("d")
     heap.push(10.0, a, live=1)
     heap.push(20.0, b, live=2)
@@ -78,15 +78,13 @@ def test_a_shorter_timeout_that_arrives_later_is_due_first() -> None:
 
 
 @given(
-    st.lists(
-        st.tuples(st.floats(0, 100, allow_nan=False), st.booleans()), min_size=0, max_size=60
-    ),
+    st.lists(st.tuples(st.floats(0, 100, allow_nan=False), st.booleans()), min_size=0, max_size=60),
     st.floats(0, 100, allow_nan=False),
 )
 def test_pop_due_returns_exactly_the_live_waiters_past_their_deadline(
     items: list[tuple[float, bool]], now: float
 ) -> None:
-    heap: DeadlineHeap[W] = DeadlineHeap(alive)
+    heap: DeadlineHeap[W] = DeadlineHeap(finished)
     waiters = []
     for i, (deadline, served) in enumerate(items):
         w = W(str(i))

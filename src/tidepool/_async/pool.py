@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import operator
 import threading
 import time
 import weakref
@@ -40,7 +41,10 @@ class _FutureWaiter(Waiter):
     __slots__ = ("future",)
 
     def __init__(self, future: asyncio.Future[bool]) -> None:
-        super().__init__()
+        # (Waiter.__init__, inlined: one of these is made per contended acquire.)
+        self.entry = None
+        self.error = None
+        self.enqueued_at = 0.0
         self.future = future
 
     def wake(self) -> bool:
@@ -51,8 +55,9 @@ class _FutureWaiter(Waiter):
         return True
 
 
-def _still_waiting(waiter: _FutureWaiter) -> bool:
-    return not waiter.future.done()
+# Whether a queued caller's future no longer waits (served, cancelled, or timed out): a
+# C-level call, made once or twice per contended acquire by the deadline list.
+_finished = operator.methodcaller("done")
 
 
 def _deadline_tick(ref: weakref.ref[AsyncPool[Any]]) -> None:
@@ -103,14 +108,19 @@ def _advance(flow: Flow[Any], send: Any, error: BaseException | None) -> tuple[A
     finish without suspending, and arming a timer (or creating a coroutine) per release would
     cost more than the rest of the release. Only a call that really waits gets its deadline.
     """
+    try:
+        op = flow.send(send) if error is None else flow.throw(error)
+    except StopIteration as stop:
+        return _DONE, stop.value
+    if op[0] != CALL:
+        return op, None
+    return _perform(flow, op)
+
+
+def _perform(flow: Flow[Any], op: Any) -> tuple[Any, Any]:
+    """:func:`_advance` from a call ``flow`` just yielded: perform it and go on."""
     while True:
-        try:
-            op = flow.send(send) if error is None else flow.throw(error)
-        except StopIteration as stop:
-            return _DONE, stop.value
         send = error = None
-        if op[0] != CALL:
-            return op, None
         try:
             result = op[1](*op[2])
             if type(result) is CoroutineType:
@@ -124,6 +134,12 @@ def _advance(flow: Flow[Any], send: Any, error: BaseException | None) -> tuple[A
                 send = result
         except BaseException as exc:
             error = exc
+        try:
+            op = flow.send(send) if error is None else flow.throw(error)
+        except StopIteration as stop:
+            return _DONE, stop.value
+        if op[0] != CALL:
+            return op, None
 
 
 class AsyncLease(LeaseBase[C]):
@@ -234,7 +250,7 @@ class AsyncPool(PoolBase[C]):
         self._maintenance: asyncio.TimerHandle | None = None
         self._closed_done = False
         # One timer for every queued caller's deadline (see _core/deadlines.py).
-        self._deadlines: DeadlineHeap[_FutureWaiter] = DeadlineHeap(_still_waiting)
+        self._deadlines: DeadlineHeap[asyncio.Future[bool]] = DeadlineHeap(_finished)
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_timer_at = 0.0
 
@@ -347,7 +363,7 @@ class AsyncPool(PoolBase[C]):
         self._loop = None
         self._tasks = set()
         self._maintenance = None
-        self._deadlines = DeadlineHeap(_still_waiting)
+        self._deadlines = DeadlineHeap(_finished)
         self._deadline_timer = None
 
     # ------------------------------------------------------------ acquire / release
@@ -481,39 +497,36 @@ class AsyncPool(PoolBase[C]):
         while op is not _DONE:
             send: Any = None
             try:
-                if pending is not None:  # a call that suspended: finish it within its bound
+                if pending is None and op[0] == WAIT:  # (inlined: every contended acquire)
+                    waiter = op[1]
+                    future = waiter.future
+                    deadline = op[2]
+                    if deadline is not None:
+                        # The shared timer wakes it (with False) at its deadline.
+                        self._deadlines.push(deadline, future, len(self._state.waiters))
+                        if self._deadline_timer is None or deadline < self._deadline_timer_at:
+                            self._arm_deadlines(deadline)
+                    # True: handed a connection (or the error the core delivered); False:
+                    # its deadline passed.
+                    send = await future
+                    if send and waiter.error is not None:
+                        raise fresh_error(waiter.error)
+                elif pending is not None:  # a call that suspended: finish it within its bound
                     coro, first = pending
                     async with asyncio.timeout(op[3]):
                         send = await (coro if first is _AWAITABLE else _Resume(coro, first))
-                elif op[0] == WAIT:  # (inlined: this is every contended acquire)
-                    waiter = op[1]
-                    if op[2] is not None:
-                        self._watch_deadline(waiter, op[2])
-                    await waiter.future
-                    send = self._woken(waiter)
                 else:
                     await asyncio.sleep(op[1])
             except BaseException as exc:
                 op, pending = _advance(flow, None, exc)
-            else:
-                op, pending = _advance(flow, send, None)
+                continue
+            # (_advance(), inlined: after a wait the next step usually ends the acquire.)
+            try:
+                op = flow.send(send)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            op, pending = _perform(flow, op) if op[0] == CALL else (op, None)
         return pending  # type: ignore[no-any-return]
-
-    def _watch_deadline(self, waiter: _FutureWaiter, deadline: float) -> None:
-        """Have the shared timer wake ``waiter`` (with ``False``) at ``deadline``."""
-        self._deadlines.push(deadline, waiter, len(self._state.waiters))
-        if self._deadline_timer is None or deadline < self._deadline_timer_at:
-            self._arm_deadlines(deadline)
-
-    @staticmethod
-    def _woken(waiter: _FutureWaiter) -> bool:
-        """What a woken waiter tells its procedure: ``True`` (handed a connection) or
-        ``False`` (its deadline passed); raises the error the core delivered instead."""
-        if not waiter.future.result():
-            return False
-        if waiter.error is not None:
-            raise fresh_error(waiter.error)
-        return True
 
     def _arm_deadlines(self, when: float) -> None:
         assert self._loop is not None
@@ -530,8 +543,8 @@ class AsyncPool(PoolBase[C]):
         ``False``: it gives up and raises ``PoolTimeout``), then re-arm for the next one."""
         self._deadline_timer = None
         # The loop runs a timer up to its clock resolution early; never wake a caller early.
-        for waiter in self._deadlines.pop_due(monotonic() + 1e-6):
-            waiter.future.set_result(False)
+        for future in self._deadlines.pop_due(monotonic() + 1e-6):
+            future.set_result(False)
         earliest = self._deadlines.earliest()
         if earliest is not None and self._loop is not None and not self._loop.is_closed():
             self._arm_deadlines(earliest)

@@ -36,10 +36,13 @@ class DeadlineHeap(Generic[W]):
     while no cycle existed.
     """
 
-    __slots__ = ("_alive", "_heap", "_order", "_queue")
+    __slots__ = ("_finished", "_heap", "_order", "_queue")
 
-    def __init__(self, alive: Callable[[W], bool]) -> None:
-        self._alive = alive
+    def __init__(self, finished: Callable[[W], bool]) -> None:
+        """``finished(waiter)`` says whether ``waiter`` no longer waits (served, cancelled, or
+        timed out): its entry is then dropped. It is called once or twice per push, so a
+        C-level callable (``operator.methodcaller("done")`` for futures) is worth having."""
+        self._finished = finished
         self._queue: deque[tuple[float, W]] = deque()
         self._heap: list[tuple[float, int, W]] = []
         self._order = count()
@@ -49,30 +52,30 @@ class DeadlineHeap(Generic[W]):
 
     def push(self, deadline: float, waiter: W, live: int) -> None:
         """Add ``waiter``, due at ``deadline``; ``live`` is how many waiters are queued now."""
-        queue, alive = self._queue, self._alive
-        while queue and not alive(queue[0][1]):
+        queue, finished = self._queue, self._finished
+        while queue and finished(queue[0][1]):
             queue.popleft()
         if not queue or deadline >= queue[-1][0]:
             queue.append((deadline, waiter))
             return
         heap = self._heap
         if len(heap) > 2 * live + 64:
-            heap[:] = [item for item in heap if alive(item[2])]
+            heap[:] = [item for item in heap if not finished(item[2])]
             heapq.heapify(heap)
         heapq.heappush(heap, (deadline, next(self._order), waiter))
 
     def pop_due(self, now: float) -> list[W]:
         """Remove and return the live waiters whose deadline is ``<= now``, earliest first."""
-        queue, heap, alive = self._queue, self._heap, self._alive
+        queue, heap, finished = self._queue, self._heap, self._finished
         due: list[tuple[float, W]] = []
         while queue and queue[0][0] <= now:
             item = queue.popleft()
-            if alive(item[1]):
+            if not finished(item[1]):
                 due.append(item)
         from_queue = len(due)
         while heap and heap[0][0] <= now:
             deadline, _, waiter = heapq.heappop(heap)
-            if alive(waiter):
+            if not finished(waiter):
                 due.append((deadline, waiter))
         if from_queue and len(due) > from_queue:
             due.sort(key=_deadline_of)
@@ -81,10 +84,10 @@ class DeadlineHeap(Generic[W]):
     def earliest(self) -> float | None:
         """The earliest deadline of a live waiter (dropping dead entries in front), or
         ``None``."""
-        queue, heap, alive = self._queue, self._heap, self._alive
-        while queue and not alive(queue[0][1]):
+        queue, heap, finished = self._queue, self._heap, self._finished
+        while queue and finished(queue[0][1]):
             queue.popleft()
-        while heap and not alive(heap[0][2]):
+        while heap and finished(heap[0][2]):
             heapq.heappop(heap)
         if queue and heap:
             return min(queue[0][0], heap[0][0])

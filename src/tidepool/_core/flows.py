@@ -84,7 +84,8 @@ class Flows(Generic[C]):
 
     def kick(self) -> None:
         """Start the background work the state now needs: close retired connections, start
-        connect workers. Called after every state change that may need it."""
+        connect workers. Called after every state change that may need it; it has nothing to
+        do unless there are retired connections or the pool is below ``max_size``."""
         state = self._state
         if state.retired:
             for entry in state.take_retired():
@@ -116,7 +117,8 @@ class Flows(Generic[C]):
         while True:
             got = state.lend_or_enqueue(now, self.make_waiter, may_wait=timeout != 0)
             if isinstance(got, Waiter):
-                self.kick()
+                if state.retired or state.size < state.limits.max_size:  # (kick()'s test)
+                    self.kick()
                 # (The wait, inlined: this is every contended acquire.)
                 try:
                     woken = yield (WAIT, got, deadline)
@@ -253,7 +255,9 @@ class Flows(Generic[C]):
             # Not a disconnect unless the connection really is broken: a healthy connection
             # the borrower discarded says nothing about the others.
             self._note_disconnect(entry, conn, None)
-        if outcome != GONE:
+        # kick() has work only with connections to close or room for more (tested here:
+        # this is every release).
+        if outcome != GONE and (state.retired or state.size < state.limits.max_size):
             self.kick()
         return False
 

@@ -196,7 +196,7 @@ class PoolState(Generic[C]):
                 )
             waiter = make_waiter()
             waiter.enqueued_at = now
-            self.waiters.push(waiter)
+            self.waiters[waiter] = None
             self.waited += 1
             return waiter
 
@@ -391,7 +391,7 @@ class PoolState(Generic[C]):
     def _hand_to_waiter(self, entry: Entry[C]) -> bool:
         waiters = self.waiters
         while waiters:
-            waiter = waiters.pop_oldest()
+            waiter = waiters.popitem(last=False)[0]
             waiter.entry = entry
             entry.where = Where.BUSY
             if waiter.wake():
