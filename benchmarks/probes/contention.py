@@ -10,6 +10,8 @@ operation comes from ``getrusage``.
     python benchmarks/probes/contention.py pool semaphore fifo     # the pure-Python core
     PYTHONPATH=build/compiled python benchmarks/probes/contention.py pool   # make compiled first
     python benchmarks/probes/contention.py pool --profile          # where the time goes (cProfile)
+    python benchmarks/probes/contention.py --asyncpg postgresql://postgres@127.0.0.1/test
+                                                     # the same with real I/O: SELECT 1
 """
 
 from __future__ import annotations
@@ -94,11 +96,27 @@ class FifoLease:
         self.pool.give(self.conn)
 
 
-async def measure(kind: str, seconds: float, profile: bool) -> None:
+async def measure(kind: str, seconds: float, profile: bool, url: str | None) -> None:
     done, stop = 0, False
     pool: Any = None
+    conns: list[Any] = []
+    if url is None:
+        conns = [object() for _ in range(CONNECTIONS)]
+
+        async def body(conn: Any) -> None:
+            await asyncio.sleep(0)
+
+    else:
+        import asyncpg
+
+        if kind != "pool":
+            conns = [await asyncpg.connect(url) for _ in range(CONNECTIONS)]
+
+        async def body(conn: Any) -> None:
+            await conn.fetchval("SELECT 1")
+
     if kind == "semaphore":
-        free, gate = [object() for _ in range(CONNECTIONS)], asyncio.Semaphore(CONNECTIONS)
+        free, gate = list(conns), asyncio.Semaphore(CONNECTIONS)
 
         async def worker() -> None:
             nonlocal done
@@ -106,21 +124,22 @@ async def measure(kind: str, seconds: float, profile: bool) -> None:
                 async with gate:
                     conn = free.pop()
                     try:
-                        await asyncio.sleep(0)
+                        await body(conn)
                     finally:
                         free.append(conn)
                 done += 1
     elif kind == "fifo":
-        fifo = FifoPool([object() for _ in range(CONNECTIONS)])
+        fifo = FifoPool(list(conns))
 
         async def worker() -> None:
             nonlocal done
             while not stop:
-                async with fifo.acquire():
-                    await asyncio.sleep(0)
+                async with fifo.acquire() as conn:
+                    await body(conn)
                 done += 1
     else:
-        pool = tidepool.AsyncPool(NoIO(), max_size=CONNECTIONS, min_size=CONNECTIONS, reset=False)
+        target: Any = NoIO() if url is None else url
+        pool = tidepool.AsyncPool(target, max_size=CONNECTIONS, min_size=CONNECTIONS, reset=False)
         await pool.open()
         while pool.stats().idle < CONNECTIONS:  # noqa: ASYNC110 - no event for "filled"
             await asyncio.sleep(0.01)
@@ -128,8 +147,8 @@ async def measure(kind: str, seconds: float, profile: bool) -> None:
         async def worker() -> None:
             nonlocal done
             while not stop:
-                async with pool.acquire():
-                    await asyncio.sleep(0)
+                async with pool.acquire() as conn:
+                    await body(conn)
                 done += 1
 
     tasks = [asyncio.create_task(worker()) for _ in range(TASKS)]
@@ -147,9 +166,16 @@ async def measure(kind: str, seconds: float, profile: bool) -> None:
     await asyncio.gather(*tasks)
     if pool is not None:
         await pool.aclose()
+    for conn in conns if url is not None else []:
+        await conn.close()
     ops = n1 - n0
     cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
-    print(f"{kind:9s} {ops / seconds:9,.0f} ops/s   CPU {cpu / ops * 1e6:6.2f} us/op", flush=True)
+    user = r1.ru_utime - r0.ru_utime
+    print(
+        f"{kind:9s} {ops / seconds:9,.0f} ops/s   CPU {cpu / ops * 1e6:6.2f} us/op"
+        f"   (user {user / ops * 1e6:6.2f})",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -158,13 +184,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--asyncpg",
+        metavar="URL",
+        help="real connections: SELECT 1 through asyncpg on URL instead of a yield",
+    )
     args = parser.parse_args()
     kinds = args.kinds or ["pool", "semaphore", "fifo"]
     if set(kinds) - {"pool", "semaphore", "fifo"}:
         parser.error("kinds are: pool, semaphore, fifo")
     for _ in range(args.rounds):
         for kind in kinds:
-            asyncio.run(measure(kind, args.seconds, args.profile))
+            asyncio.run(measure(kind, args.seconds, args.profile, args.asyncpg))
     print(f"core: {core_state.__file__}")
 
 
