@@ -327,6 +327,43 @@ def test_max_waiting_does_not_refuse_when_idle_available() -> None:
         state.lend_or_enqueue(0.0, RecWaiter, may_wait=True)
 
 
+# --------------------------------------------------------------------------- queue
+
+
+def test_queue_puts_a_caller_in_line_when_nothing_is_idle() -> None:
+    state = make_state()
+    first, second = RecWaiter(), RecWaiter()
+    assert state.queue(1.0, first)
+    assert state.queue(2.0, second)
+    assert (first.enqueued_at, second.enqueued_at) == (1.0, 2.0)
+    s = state.snapshot()
+    assert (s.waiting, s.waited) == (2, 2)
+    entry = connect(state, now=3.0)
+    assert (first.entry, first.wakes, second.wakes) == (entry, 1, 0)
+
+
+def test_queue_leaves_an_idle_connection_to_lend_or_enqueue() -> None:
+    # try_lend() left it there (due for a check, or to retire): the full procedure must run.
+    state = make_state(check="always")
+    (entry,) = fill(state, 1)
+    waiter = RecWaiter()
+    assert not state.queue(0.0, waiter)
+    assert entry.where is Where.IDLE
+    s = state.snapshot()
+    assert (s.waiting, s.waited, s.idle) == (0, 0, 1)
+
+
+def test_queue_refuses_like_lend_or_enqueue() -> None:
+    state = make_state(max_waiting=1)
+    assert state.queue(0.0, RecWaiter())
+    with pytest.raises(TooManyWaiters, match="max_waiting=1"):
+        state.queue(0.0, RecWaiter())
+    assert state.snapshot().waiting == 1
+    state.close()
+    with pytest.raises(PoolClosed):
+        state.queue(0.0, RecWaiter())
+
+
 def test_lend_or_enqueue_after_close_raises_pool_closed() -> None:
     state = make_state()
     state.close()

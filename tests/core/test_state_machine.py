@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -323,6 +324,30 @@ class PoolMachine(RuleBasedStateMachine):
             assert got is made[0]
             assert made[0].enqueued_at == self.now
             self.queue.append(made[0])
+            self.waited += 1
+
+    @rule()
+    def acquire_in_line(self) -> None:
+        """The shells' contended acquire: queue only when nothing is idle (what is idle is
+        left for ``lend_or_enqueue``)."""
+        waiter = MWaiter()
+        if self.closed:
+            with pytest.raises(PoolClosed):
+                self.pool.queue(self.now, waiter)
+            return
+        refuse = (
+            not self.idle and self.max_waiting is not None and len(self.queue) >= self.max_waiting
+        )
+        try:
+            queued = self.pool.queue(self.now, waiter)
+        except TooManyWaiters:
+            assert refuse, "TooManyWaiters below max_waiting"
+            return
+        assert not refuse, "max_waiting live waiters queued, yet one more was accepted"
+        assert queued == (not self.idle)
+        if queued:
+            assert waiter.enqueued_at == self.now
+            self.queue.append(waiter)
             self.waited += 1
 
     @precondition(lambda self: self.checking)

@@ -161,11 +161,12 @@ class AsyncLease(LeaseBase[C]):
             if getattr(pool._loop, "_thread_id", None) != _get_ident():
                 pool._check_loop_or_unopened()
             # lend_idle(), inlined: this is the whole fast path of a checkout.
-            lent = pool._state.try_lend(monotonic(), self._site)
+            now = monotonic()
+            lent = pool._state.try_lend(now, self._site)
             if lent is not None and pool._observed:
                 pool._note_acquired(lent[0], 0.0)
             elif lent is None:
-                lent = await pool._drive(pool._slow_acquire(self._timeout, self._site))
+                lent = await pool._wait_turn(self._timeout, self._site, now)
             self._entry, self._conn = lent
         return self._conn  # type: ignore[return-value]
 
@@ -410,10 +411,43 @@ class AsyncPool(PoolBase[C]):
     async def _acquire(self, timeout: float | None, site: Site) -> C:
         if getattr(self._loop, "_thread_id", None) != _get_ident():  # see AsyncLease
             self._check_loop_or_unopened()
+        now = monotonic()
         lent = self.lend_idle(site)
         if lent is None:
-            lent = await self._drive(self._slow_acquire(timeout, site))
+            lent = await self._wait_turn(timeout, site, now)
         return lent[1]
+
+    async def _wait_turn(
+        self, timeout: float | None, site: Site, started: float
+    ) -> tuple[Entry[C], C]:
+        """An acquire that found nothing to lend at ``started``: wait in line, then take the
+        connection handed over. Every other case (nothing may wait, a check or a connect is
+        due, the wait ended without a connection or was interrupted) is the acquire
+        procedure's, which takes over from the wait; only the common contended acquire, a
+        wait and a hand-off, runs here without one."""
+        state = self._state
+        if timeout != 0 and self._opened and not state.reclaim:
+            assert self._loop is not None
+            waiter = _FutureWaiter(self._loop.create_future())
+            if state.queue(started, waiter):
+                if state.retired or state.size < state.limits.max_size:  # (kick()'s test)
+                    self.kick()
+                if timeout is not None:
+                    self._watch(waiter.future, started + timeout)
+                try:
+                    woken = await waiter.future
+                except BaseException as exc:
+                    # The procedure withdraws the waiter, or passes on what it was handed.
+                    flow = self.acquire_flow(timeout, site, waiter, started)
+                    _advance(flow, None, None)
+                    op, pending = _advance(flow, None, exc)
+                    return await self._drive(flow, op, pending)
+                if woken and waiter.error is None:
+                    lent = self.take_handed(waiter, started, site)
+                    if lent is not None:
+                        return lent
+                return await self._drive(self.acquire_flow(timeout, site, waiter, started))
+        return await self._drive(self._slow_acquire(timeout, site))
 
     def _borrower_name(self) -> str | None:
         task = asyncio.current_task()
@@ -497,15 +531,11 @@ class AsyncPool(PoolBase[C]):
         while op is not _DONE:
             send: Any = None
             try:
-                if pending is None and op[0] == WAIT:  # (inlined: every contended acquire)
+                if pending is None and op[0] == WAIT:
                     waiter = op[1]
                     future = waiter.future
-                    deadline = op[2]
-                    if deadline is not None:
-                        # The shared timer wakes it (with False) at its deadline.
-                        self._deadlines.push(deadline, future, len(self._state.waiters))
-                        if self._deadline_timer is None or deadline < self._deadline_timer_at:
-                            self._arm_deadlines(deadline)
+                    if op[2] is not None:
+                        self._watch(future, op[2])
                     # True: handed a connection (or the error the core delivered); False:
                     # its deadline passed.
                     send = await future
@@ -520,13 +550,20 @@ class AsyncPool(PoolBase[C]):
             except BaseException as exc:
                 op, pending = _advance(flow, None, exc)
                 continue
-            # (_advance(), inlined: after a wait the next step usually ends the acquire.)
+            # (_advance(), inlined: after a wait the next step is usually the last.)
             try:
                 op = flow.send(send)
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
             op, pending = _perform(flow, op) if op[0] == CALL else (op, None)
         return pending  # type: ignore[no-any-return]
+
+    def _watch(self, future: asyncio.Future[bool], deadline: float) -> None:
+        """Have the shared timer end the wait on ``future`` (with ``False``) at
+        ``deadline``."""
+        self._deadlines.push(deadline, future, len(self._state.waiters))
+        if self._deadline_timer is None or deadline < self._deadline_timer_at:
+            self._arm_deadlines(deadline)
 
     def _arm_deadlines(self, when: float) -> None:
         assert self._loop is not None

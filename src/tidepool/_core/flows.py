@@ -107,21 +107,40 @@ class Flows(Generic[C]):
 
     # ------------------------------------------------------------ acquire
 
-    def acquire_flow(self, timeout: float | None, site: Site) -> Flow[tuple[Entry[C], C]]:
+    def acquire_flow(
+        self,
+        timeout: float | None,
+        site: Site,
+        queued: Waiter | None = None,
+        started: float | None = None,
+    ) -> Flow[tuple[Entry[C], C]]:
         """Lend a connection within ``timeout`` seconds (one deadline over waiting,
         connecting and checking), or raise ``PoolTimeout`` / ``PoolClosed`` /
-        ``TooManyWaiters`` / ``ConnectError``."""
+        ``TooManyWaiters`` / ``ConnectError``.
+
+        ``queued``: a waiter the shell already put in line with :meth:`PoolState.queue`
+        at ``started`` (and kicked, and whose deadline it watches): the procedure takes over
+        from its wait, which is over or ends at once, or is interrupted by the exception
+        the shell throws in."""
         state = self._state
-        started = now = monotonic()
+        if started is None:
+            started = monotonic()
+        now = started
         deadline = None if timeout is None else now + timeout
         while True:
-            got = state.lend_or_enqueue(now, self.make_waiter, may_wait=timeout != 0)
-            if isinstance(got, Waiter):
-                if state.retired or state.size < state.limits.max_size:  # (kick()'s test)
+            watch = deadline
+            if queued is not None:
+                got: Entry[C] | Waiter | None = queued
+                queued = watch = None
+            else:
+                got = state.lend_or_enqueue(now, self.make_waiter, may_wait=timeout != 0)
+                if isinstance(got, Waiter) and (
+                    state.retired or state.size < state.limits.max_size  # (kick()'s test)
+                ):
                     self.kick()
-                # (The wait, inlined: this is every contended acquire.)
+            if isinstance(got, Waiter):
                 try:
-                    woken = yield (WAIT, got, deadline)
+                    woken = yield (WAIT, got, watch)
                 except BaseException:
                     # Cancelled (or the core delivered an error): if a connection was handed
                     # to us in the meantime it is ours, so pass it on before leaving.
@@ -167,13 +186,29 @@ class Flows(Generic[C]):
                         raise self._timed_out(None, timeout, "check") from exc
                     continue
                 now = monotonic()
-            conn = state.lend(entry, now, site)
-            waited = now - started
-            if self._observed:
-                self._note_acquired(entry, waited)
-            if self._slow_acquire_after is not None and waited >= self._slow_acquire_after:
-                self._note_slow_acquire(entry, waited)
-            return entry, conn
+            return self._finish_lend(entry, now, started, site)
+
+    def take_handed(self, waiter: Waiter, started: float, site: Site) -> tuple[Entry[C], C] | None:
+        """The end of a wait that was handed a connection (woken with ``True``, no error):
+        lend it, unless the ``check`` policy wants it checked first (``None``: continue with
+        :meth:`acquire_flow` from the wait)."""
+        entry = waiter.entry
+        assert entry is not None
+        now = monotonic()
+        if self._state.needs_check(entry, now):
+            return None
+        return self._finish_lend(entry, now, started, site)
+
+    def _finish_lend(
+        self, entry: Entry[C], now: float, started: float, site: Site
+    ) -> tuple[Entry[C], C]:
+        conn = self._state.lend(entry, now, site)
+        waited = now - started
+        if self._observed:
+            self._note_acquired(entry, waited)
+        if self._slow_acquire_after is not None and waited >= self._slow_acquire_after:
+            self._note_slow_acquire(entry, waited)
+        return entry, conn
 
     def lend_idle(self, site: Site) -> tuple[Entry[C], C] | None:
         """The fast path of acquire: an idle connection needing no I/O, or ``None``."""

@@ -188,17 +188,42 @@ class PoolState(Generic[C]):
                 return entry
             if not may_wait:
                 return None
-            max_waiting = self.limits.max_waiting
-            if max_waiting is not None and len(self.waiters) >= max_waiting:
-                raise TooManyWaiters(
-                    f"pool {self.name!r} already has {len(self.waiters)} callers waiting "
-                    f"(max_waiting={max_waiting}); {self._counts()}"
-                )
+            self._check_room()
             waiter = make_waiter()
-            waiter.enqueued_at = now
-            self.waiters[waiter] = None
-            self.waited += 1
+            self._enqueue(now, waiter)
             return waiter
+
+    def queue(self, now: float, waiter: Waiter) -> bool:
+        """Queue ``waiter`` if nothing is idle: the contended acquire of a shell that has just
+        found nothing to lend with :meth:`try_lend`, without building a procedure. ``False``
+        (nothing queued): an idle connection is there, due for a check or to retire, and
+        :meth:`lend_or_enqueue` must deal with it.
+
+        Raises:
+            PoolClosed: the pool is closed.
+            TooManyWaiters: ``max_waiting`` live callers are already queued.
+        """
+        with self.lock:
+            if self.closed:
+                raise PoolClosed(f"pool {self.name!r} is closed")
+            if self.idle:
+                return False
+            self._check_room()
+            self._enqueue(now, waiter)
+            return True
+
+    def _check_room(self) -> None:
+        max_waiting = self.limits.max_waiting
+        if max_waiting is not None and len(self.waiters) >= max_waiting:
+            raise TooManyWaiters(
+                f"pool {self.name!r} already has {len(self.waiters)} callers waiting "
+                f"(max_waiting={max_waiting}); {self._counts()}"
+            )
+
+    def _enqueue(self, now: float, waiter: Waiter) -> None:
+        waiter.enqueued_at = now
+        self.waiters[waiter] = None
+        self.waited += 1
 
     def _broken(self, entry: Entry[C]) -> bool:
         is_broken = self.is_broken
