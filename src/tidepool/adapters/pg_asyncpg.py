@@ -244,8 +244,8 @@ class AsyncpgManager:
         # A graceful close waits for the server; past the bound asyncpg aborts the socket.
         await conn.close(timeout=self._close_timeout)
 
-    def is_broken(self, conn: asyncpg.Connection) -> bool:
-        return bool(conn.is_closed())
+    # asyncpg's own test, called directly: the pool asks it at every lend and return.
+    is_broken = staticmethod(asyncpg.Connection.is_closed)
 
     def is_disconnect(self, conn: asyncpg.Connection, error: BaseException | None) -> bool:
         if error is None:
