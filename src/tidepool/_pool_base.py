@@ -187,6 +187,7 @@ class PoolBase(Flows[C]):
         self._m_is_broken = manager.is_broken
         self._m_is_disconnect = getattr(manager, "is_disconnect", None)
         self._m_remember_session = getattr(manager, "remember_session", None)
+        self._m_needs_reset = getattr(manager, "needs_reset", None)
         self._opened = False
         self._pid = os.getpid()
         self.refresh_observed()

@@ -33,6 +33,10 @@ Optional methods a manager may add:
 ``remember_session(conn)``
     Called after ``on_connect`` set up a new connection: remember what it made of the session
     so that ``reset()`` restores that baseline rather than a bare session.
+``needs_reset(conn)``
+    Cheap and free of I/O: ``False`` when ``reset(conn)`` would provably have nothing to do,
+    so that a release skips it altogether (no procedure, no call). Answer ``True`` whenever in
+    doubt: a wrong ``False`` lends a dirty session. An exception counts as ``True``.
 ``dispose()``
     Called once after the pool has closed every connection (release manager-wide resources).
 

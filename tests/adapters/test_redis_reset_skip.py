@@ -64,6 +64,36 @@ def test_a_borrower_that_changed_nothing_costs_no_round_trip(flavor: str, keys: 
     asyncio.run(main())
 
 
+def test_needs_reset_says_what_the_reset_would_find(flavor: str, keys: list[str]) -> None:
+    # The pool asks needs_reset() first and skips the whole reset when it says False.
+    key = unique("tp-needs")
+    keys.append(key)
+
+    async def main() -> None:
+        async with RPool(flavor) as p:
+            manager = p.pool.manager
+            async with p.borrow() as a:
+                await a.run("SET", key, "v")
+                assert not manager.needs_reset(a.raw)
+                await a.run("SELECT", 3)
+                assert manager.needs_reset(a.raw)  # a session command
+            async with p.borrow() as a:
+                assert not manager.needs_reset(a.raw)  # the reset ran
+                pipe = a.raw.pipeline(transaction=False)
+                pipe.get(key)
+                assert text((await maybe_await(pipe.execute()))[0]) == "v"
+                await maybe_await(pipe.reset())
+                # The pipeline's own connection, outside the pool's count, waits to be closed.
+                assert manager.needs_reset(a.raw)
+            async with p.borrow() as a:
+                assert not manager.needs_reset(a.raw)  # the extra one was closed
+                await maybe_await(a.raw.connection.disconnect())
+                assert manager.needs_reset(a.raw)  # gone: the reset fails and retires it
+            await p.check_invariants()
+
+    asyncio.run(main())
+
+
 # ---------------------------------------------------------------------- session commands
 
 DIRTIERS: dict[str, tuple[Any, ...]] = {

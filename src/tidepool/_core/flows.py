@@ -69,6 +69,7 @@ class Flows(Generic[C]):
     _m_is_broken: Callable[[C], bool]
     _m_is_disconnect: Callable[[C, BaseException | None], bool] | None
     _m_remember_session: Callable[[C], Any] | None
+    _m_needs_reset: Callable[[C], bool] | None
 
     # ------------------------------------------------------------ shell hooks
 
@@ -281,9 +282,10 @@ class Flows(Generic[C]):
             log.debug("pool %r: connection #%d back after %.6f s", state.name, entry.id, used)
             if self._listeners:
                 self.emit("on_release", entry.id, used)
-        outcome = state.put_back(
-            entry, conn, monotonic(), reset=self._reset_enabled, discard=discard
-        )
+        reset = self._reset_enabled
+        if reset and self._m_needs_reset is not None:
+            reset = self._needs_reset(conn)
+        outcome = state.put_back(entry, conn, monotonic(), reset=reset, discard=discard)
         if outcome == RESET:
             return True
         if outcome == BROKEN:
@@ -295,6 +297,16 @@ class Flows(Generic[C]):
         if outcome != GONE and (state.retired or state.size < state.limits.max_size):
             self.kick()
         return False
+
+    def _needs_reset(self, conn: C) -> bool:
+        """The manager's ``needs_reset``: whether the reset has anything to do (``True`` when
+        it cannot tell)."""
+        assert self._m_needs_reset is not None
+        try:
+            return bool(self._m_needs_reset(conn))
+        except Exception:
+            log.exception("pool %r: needs_reset() failed; resetting", self._state.name)
+            return True
 
     def reset_flow(self, entry: Entry[C], conn: C) -> Flow[None]:
         """Reset a connection :meth:`release_start` took back (bounded by

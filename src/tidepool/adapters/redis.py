@@ -480,6 +480,22 @@ class _RedisCommon:
             return self.is_broken(conn)
         return _is_disconnect_error(error)
 
+    def needs_reset(self, conn: Any) -> bool:
+        """Whether ``reset(conn)`` has anything to do: a session command or an unread reply
+        on the connection, or another connection that ``pipeline()`` / ``pubsub()`` opened
+        beside it. A connection that is gone needs the reset too, which then fails and
+        retires it."""
+        raw = conn.connection
+        # (redis-py keeps the connections it disconnects in that list.)
+        extra = getattr(conn.connection_pool, "_available_connections", None)
+        return (
+            raw is None
+            or not raw.is_connected
+            or not untouched(raw)
+            or extra is None
+            or any(other.is_connected for other in extra)
+        )
+
 
 def build(url: str, flavor: Literal["async", "sync"], options: Options) -> tuple[Any, str]:
     """The manager for a ``redis://``, ``rediss://`` or ``unix://`` URL (called by the adapter
