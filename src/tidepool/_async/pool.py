@@ -108,19 +108,14 @@ def _advance(flow: Flow[Any], send: Any, error: BaseException | None) -> tuple[A
     finish without suspending, and arming a timer (or creating a coroutine) per release would
     cost more than the rest of the release. Only a call that really waits gets its deadline.
     """
-    try:
-        op = flow.send(send) if error is None else flow.throw(error)
-    except StopIteration as stop:
-        return _DONE, stop.value
-    if op[0] != CALL:
-        return op, None
-    return _perform(flow, op)
-
-
-def _perform(flow: Flow[Any], op: Any) -> tuple[Any, Any]:
-    """:func:`_advance` from a call ``flow`` just yielded: perform it and go on."""
     while True:
+        try:
+            op = flow.send(send) if error is None else flow.throw(error)
+        except StopIteration as stop:
+            return _DONE, stop.value
         send = error = None
+        if op[0] != CALL:
+            return op, None
         try:
             result = op[1](*op[2])
             if type(result) is CoroutineType:
@@ -134,12 +129,6 @@ def _perform(flow: Flow[Any], op: Any) -> tuple[Any, Any]:
                 send = result
         except BaseException as exc:
             error = exc
-        try:
-            op = flow.send(send) if error is None else flow.throw(error)
-        except StopIteration as stop:
-            return _DONE, stop.value
-        if op[0] != CALL:
-            return op, None
 
 
 class AsyncLease(LeaseBase[C]):
@@ -531,7 +520,11 @@ class AsyncPool(PoolBase[C]):
         while op is not _DONE:
             send: Any = None
             try:
-                if pending is None and op[0] == WAIT:
+                if pending is not None:  # a call that suspended: finish it within its bound
+                    coro, first = pending
+                    async with asyncio.timeout(op[3]):
+                        send = await (coro if first is _AWAITABLE else _Resume(coro, first))
+                elif op[0] == WAIT:
                     waiter = op[1]
                     future = waiter.future
                     if op[2] is not None:
@@ -541,21 +534,12 @@ class AsyncPool(PoolBase[C]):
                     send = await future
                     if send and waiter.error is not None:
                         raise fresh_error(waiter.error)
-                elif pending is not None:  # a call that suspended: finish it within its bound
-                    coro, first = pending
-                    async with asyncio.timeout(op[3]):
-                        send = await (coro if first is _AWAITABLE else _Resume(coro, first))
                 else:
                     await asyncio.sleep(op[1])
             except BaseException as exc:
                 op, pending = _advance(flow, None, exc)
-                continue
-            # (_advance(), inlined: after a wait the next step is usually the last.)
-            try:
-                op = flow.send(send)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            op, pending = _perform(flow, op) if op[0] == CALL else (op, None)
+            else:
+                op, pending = _advance(flow, send, None)
         return pending  # type: ignore[no-any-return]
 
     def _watch(self, future: asyncio.Future[bool], deadline: float) -> None:

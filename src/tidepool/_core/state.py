@@ -172,8 +172,7 @@ class PoolState(Generic[C]):
             TooManyWaiters: ``max_waiting`` live callers are already queued.
         """
         with self.lock:
-            if self.closed:
-                raise PoolClosed(f"pool {self.name!r} is closed")
+            self._check_open()
             idle = self.idle
             while idle:
                 entry = idle.pop()
@@ -204,13 +203,16 @@ class PoolState(Generic[C]):
             TooManyWaiters: ``max_waiting`` live callers are already queued.
         """
         with self.lock:
-            if self.closed:
-                raise PoolClosed(f"pool {self.name!r} is closed")
+            self._check_open()
             if self.idle:
                 return False
             self._check_room()
             self._enqueue(now, waiter)
             return True
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise PoolClosed(f"pool {self.name!r} is closed")
 
     def _check_room(self) -> None:
         max_waiting = self.limits.max_waiting
