@@ -88,3 +88,17 @@ def test_needs_reset_is_not_asked_with_the_reset_off() -> None:
         await pool.aclose()
 
     run(main)
+
+
+def test_needs_reset_is_not_asked_for_a_discarded_connection() -> None:
+    async def main() -> None:
+        manager = answering(AsyncFakeManager)
+        pool = new_apool(manager, max_size=1)
+        conn = await pool.acquire()
+        await pool.release(conn, discard=True)
+        assert (manager.calls["needs_reset"], manager.calls["reset"]) == (0, 0)
+        await settle(pool, manager)
+        assert conn.closed
+        await pool.aclose()
+
+    run(main)

@@ -283,7 +283,7 @@ class Flows(Generic[C]):
             if self._listeners:
                 self.emit("on_release", entry.id, used)
         reset = self._reset_enabled
-        if reset and self._m_needs_reset is not None:
+        if reset and not discard and self._m_needs_reset is not None:
             reset = self._needs_reset(conn)
         outcome = state.put_back(entry, conn, monotonic(), reset=reset, discard=discard)
         if outcome == RESET:
