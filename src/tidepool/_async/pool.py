@@ -419,7 +419,7 @@ class AsyncPool(PoolBase[C]):
             assert self._loop is not None
             waiter = _FutureWaiter(self._loop.create_future())
             if state.queue(started, waiter):
-                if state.retired or state.size < state.limits.max_size:  # (kick()'s test)
+                if state.may_need_kick():
                     self.kick()
                 if timeout is not None:
                     self._watch(waiter.future, started + timeout)

@@ -85,8 +85,8 @@ class Flows(Generic[C]):
 
     def kick(self) -> None:
         """Start the background work the state now needs: close retired connections, start
-        connect workers. Called after every state change that may need it; it has nothing to
-        do unless there are retired connections or the pool is below ``max_size``."""
+        connect workers. Called after every state change that may need it (the hot paths
+        first ask :meth:`PoolState.may_need_kick`)."""
         state = self._state
         if state.retired:
             for entry in state.take_retired():
@@ -135,9 +135,7 @@ class Flows(Generic[C]):
                 queued = watch = None
             else:
                 got = state.lend_or_enqueue(now, self.make_waiter, may_wait=timeout != 0)
-                if isinstance(got, Waiter) and (
-                    state.retired or state.size < state.limits.max_size  # (kick()'s test)
-                ):
+                if isinstance(got, Waiter) and state.may_need_kick():
                     self.kick()
             if isinstance(got, Waiter):
                 try:
@@ -292,9 +290,7 @@ class Flows(Generic[C]):
             # Not a disconnect unless the connection really is broken: a healthy connection
             # the borrower discarded says nothing about the others.
             self._note_disconnect(entry, conn, None)
-        # kick() has work only with connections to close or room for more (tested here:
-        # this is every release).
-        if outcome != GONE and (state.retired or state.size < state.limits.max_size):
+        if outcome != GONE and state.may_need_kick():
             self.kick()
         return False
 

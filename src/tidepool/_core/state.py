@@ -453,6 +453,12 @@ class PoolState(Generic[C]):
 
     # ----------------------------------------------------------------- connect
 
+    def may_need_kick(self) -> bool:
+        """Cheap, racy: whether the shell's ``kick()`` can have anything to start now
+        (connections to close, or room below ``max_size`` for a connect worker). The hot
+        paths ask this instead of calling ``kick()`` to find nothing."""
+        return bool(self.retired) or self.size < self.limits.max_size
+
     def wants_worker(self) -> bool:
         """Cheap, racy pre-check for :meth:`begin_worker` (a later state change re-checks)."""
         if not self.waiters and self.size >= self.limits.min_size:

@@ -486,15 +486,7 @@ class _RedisCommon:
         beside it. A connection that is gone needs the reset too, which then fails and
         retires it."""
         raw = conn.connection
-        # (redis-py keeps the connections it disconnects in that list.)
-        extra = getattr(conn.connection_pool, "_available_connections", None)
-        return (
-            raw is None
-            or not raw.is_connected
-            or not untouched(raw)
-            or extra is None
-            or any(other.is_connected for other in extra)
-        )
+        return raw is None or not raw.is_connected or not untouched(raw) or _extra_open(conn)
 
 
 def build(url: str, flavor: Literal["async", "sync"], options: Options) -> tuple[Any, str]:
@@ -625,12 +617,19 @@ def _connected_async(client: redis.asyncio.Redis) -> Any:
     return raw
 
 
+def _extra_open(client: Any) -> bool:
+    """Whether the client's private redis-py pool holds an open connection beside the pooled
+    one (``pipeline()`` and ``pubsub()`` take their own), which the pool does not count and
+    the reset closes; ``True`` for a pool laid out otherwise."""
+    # (redis-py keeps the connections it disconnects in that list.)
+    extra = getattr(client.connection_pool, "_available_connections", None)
+    return extra is None or any(other.is_connected for other in extra)
+
+
 async def _drop_extra_async(client: redis.asyncio.Redis) -> None:
-    """Close connections the client's private redis-py pool opened beside the pooled one
-    (``pipeline()`` and ``pubsub()`` take their own): they are not counted by the pool."""
-    pool = client.connection_pool
-    if getattr(pool, "_available_connections", True):
-        await pool.disconnect(inuse_connections=False)
+    """Close the connections of :func:`_extra_open`."""
+    if _extra_open(client):
+        await client.connection_pool.disconnect(inuse_connections=False)
 
 
 async def _discard_async(client: redis.asyncio.Redis) -> None:
@@ -711,7 +710,7 @@ class RedisManager(_RedisCommon):
         raw = _connected_sync(conn)
         if not untouched(raw):
             self._full_reset(conn, raw)
-        if getattr(conn.connection_pool, "_available_connections", True):
+        if _extra_open(conn):
             conn.connection_pool.disconnect(inuse_connections=False)
 
     def _full_reset(self, conn: redis.Redis, raw: Any) -> None:
