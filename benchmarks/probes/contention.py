@@ -12,6 +12,7 @@ operation comes from ``getrusage``.
     python benchmarks/probes/contention.py pool --profile          # where the time goes (cProfile)
     python benchmarks/probes/contention.py --asyncpg postgresql://postgres@127.0.0.1/test
                                                      # the same with real I/O: SELECT 1
+    python benchmarks/probes/contention.py --redis redis://127.0.0.1:6379/15   # or PING
 """
 
 from __future__ import annotations
@@ -106,6 +107,21 @@ async def measure(kind: str, seconds: float, profile: bool, url: str | None) -> 
         async def body(conn: Any) -> None:
             await asyncio.sleep(0)
 
+    elif url.startswith("redis"):
+        import redis.asyncio
+
+        if kind != "pool":
+            options = redis.asyncio.connection.parse_url(url)
+            conns = [redis.asyncio.Connection(**options) for _ in range(CONNECTIONS)]
+            for conn in conns:
+                await conn.connect()
+
+        async def body(conn: Any) -> None:
+            # tidepool lends a client bound to one connection: the same call on that connection
+            conn = conn.connection if kind == "pool" else conn
+            await conn.send_command("PING")
+            await conn.read_response()
+
     else:
         import asyncpg
 
@@ -167,7 +183,7 @@ async def measure(kind: str, seconds: float, profile: bool, url: str | None) -> 
     if pool is not None:
         await pool.aclose()
     for conn in conns if url is not None else []:
-        await conn.close()
+        await (conn.disconnect() if url.startswith("redis") else conn.close())
     ops = n1 - n0
     cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
     user = r1.ru_utime - r0.ru_utime
@@ -184,18 +200,25 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument(
+    real = parser.add_mutually_exclusive_group()
+    real.add_argument(
         "--asyncpg",
         metavar="URL",
         help="real connections: SELECT 1 through asyncpg on URL instead of a yield",
     )
+    real.add_argument(
+        "--redis",
+        metavar="URL",
+        help="real connections: PING through redis-py's asyncio connection on URL",
+    )
     args = parser.parse_args()
+    url = args.asyncpg or args.redis
     kinds = args.kinds or ["pool", "semaphore", "fifo"]
     if set(kinds) - {"pool", "semaphore", "fifo"}:
         parser.error("kinds are: pool, semaphore, fifo")
     for _ in range(args.rounds):
         for kind in kinds:
-            asyncio.run(measure(kind, args.seconds, args.profile, args.asyncpg))
+            asyncio.run(measure(kind, args.seconds, args.profile, url))
     print(f"core: {core_state.__file__}")
 
 

@@ -7,7 +7,7 @@ shared again. The client's CPU comes from ``getrusage``, the server's from ``/pr
 moment on a shared machine shows as a spread instead of a verdict.
 
     python benchmarks/probes/reset_cost.py                  # every variant
-    python benchmarks/probes/reset_cost.py none one full    # some of them
+    python benchmarks/probes/reset_cost.py none one full prepared    # some of them
     python benchmarks/probes/reset_cost.py --cached 99 none full   # a warm statement cache
 
 Needs PostgreSQL on 127.0.0.1:5432 (``TIDEPOOL_BENCH_PG_URL`` to change it) and asyncpg.
@@ -24,15 +24,18 @@ from pathlib import Path
 
 import asyncpg
 
-from tidepool.adapters._pg import _RESET_STEPS, RESET_SQL
+from tidepool.adapters._pg import _RESET_STEPS, PROBE_QUERY, RESET_SQL, probe_reset_sql
 
 URL = os.environ.get("TIDEPOOL_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PROBE_NAME = "tidepool_reset_probe_bench"
 VARIANTS = {
     "none": "",
     "one": "SELECT 1",  # the cheapest second round trip
     "steps": _RESET_STEPS,  # tidepool's reset without the prepared-statement probe
     "probe": RESET_SQL.rsplit(";", 2)[-2] + ";",  # the probe alone
-    "full": RESET_SQL,  # tidepool's reset, as the asyncpg adapter sends it
+    "full": RESET_SQL,  # tidepool's reset, as psycopg sends it (and asyncpg the first time)
+    # as the asyncpg adapter sends it: the probe prepared once per connection, run by name
+    "prepared": probe_reset_sql(PROBE_NAME),
 }
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -52,6 +55,7 @@ async def measure(name: str, reset_sql: str, seconds: float, cached: int) -> Non
     for conn in conns:  # fill asyncpg's statement cache, as a long-running service does
         for i in range(cached):
             await conn.fetchval(f"SELECT {i}::int + $1", 1)
+    probes = [await conn.prepare(PROBE_QUERY, name=PROBE_NAME) for conn in conns]
     free, gate = list(conns), asyncio.Semaphore(10)
     done, stop = 0, False
 
@@ -77,6 +81,7 @@ async def measure(name: str, reset_sql: str, seconds: float, cached: int) -> Non
     elapsed = time.perf_counter() - t0
     stop = True
     await asyncio.gather(*tasks)
+    del probes
     for conn in conns:
         await conn.close()
     ops = n1 - n0

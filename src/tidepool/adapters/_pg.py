@@ -20,12 +20,14 @@ from ._errors import forget_locals
 
 __all__ = [
     "DISCONNECT_SQLSTATES",
+    "PROBE_QUERY",
     "RESET_DEALLOCATING_SQL",
     "RESET_SQL",
     "PGTarget",
     "begin_sql",
     "forget_locals",
     "is_disconnect_sqlstate",
+    "probe_reset_sql",
     "reset_script",
     "resolve_credentials",
     "wants_deallocate",
@@ -113,12 +115,14 @@ DISCARD SEQUENCES;"""
 # than the rest of the reset together; they are rare, so the reset first only asks whether
 # there are any, cheaply: this statement fails (and, the script being one implicit
 # transaction, undoes the whole reset) only if one exists. The adapter then runs
-# RESET_DEALLOCATING_SQL instead: a second round trip, for that rare case only.
+# RESET_DEALLOCATING_SQL instead: a second round trip, for that rare case only. (The function
+# rather than the pg_prepared_statements view over it: the same rows, one plan step less.)
 DEALLOCATE_MARKER = "tidepool: deallocate"
-_PREPARED_PROBE = (
-    f"SELECT ('{DEALLOCATE_MARKER} ' || name)::int FROM pg_prepared_statements "
-    "WHERE from_sql LIMIT 1;"
+PROBE_QUERY = (
+    f"SELECT ('{DEALLOCATE_MARKER} ' || name)::int FROM pg_prepared_statement() "
+    "WHERE from_sql LIMIT 1"
 )
+_PREPARED_PROBE = f"{PROBE_QUERY};"
 _DEALLOCATE_SQL = """\
 DO $tidepool_reset$ DECLARE s text; BEGIN
   FOR s IN SELECT name FROM pg_prepared_statements WHERE from_sql LOOP
@@ -128,6 +132,17 @@ END $tidepool_reset$;"""
 
 RESET_SQL = f"{_RESET_STEPS}\n{_PREPARED_PROBE}"
 RESET_DEALLOCATING_SQL = f"{_RESET_STEPS}\n{_DEALLOCATE_SQL}"
+
+
+def probe_reset_sql(statement: str) -> str:
+    """:data:`RESET_SQL` for a session where :data:`PROBE_QUERY` is already prepared, at the
+    protocol level, as ``statement``: the probe is planned once per connection instead of
+    on every reset, where planning it cost the server about as much as the rest of the
+    reset. (SQL-level ``EXECUTE`` runs protocol-level statements too, and they are not
+    ``from_sql``, so the probe never reports itself.) If the borrower deallocated it
+    (``DEALLOCATE ALL``, ``DISCARD ALL``), the script fails with SQLSTATE 26000 and undoes
+    itself, like the probe failing."""
+    return f"{_RESET_STEPS}\nEXECUTE {statement};"
 
 
 def reset_script(reset_sql: str, baseline: str | None) -> str:

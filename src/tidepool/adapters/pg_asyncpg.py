@@ -8,6 +8,7 @@ mode (``?pgbouncer=true``) the statement cache is off and the reset is a rollbac
 
 from __future__ import annotations
 
+import itertools
 import ssl
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -19,18 +20,22 @@ from ..errors import ConfigError, ConnectError
 from ._errors import scrubbed
 from ._pg import (
     BASELINE_SQL,
+    PROBE_QUERY,
     RESET_DEALLOCATING_SQL,
     RESET_SQL,
     TRANSIENT_CONNECT_SQLSTATES,
     PGTarget,
     begin_sql,
     is_disconnect_sqlstate,
+    probe_reset_sql,
     reset_script,
     resolve_credentials,
     wants_deallocate,
 )
 
 __all__ = ["AsyncpgManager"]
+
+_probe_names = itertools.count(1)
 
 # libpq parameters asyncpg does not understand (it would send them to the server as settings).
 _UNSUPPORTED = (
@@ -76,12 +81,32 @@ class _ResettingConnection(asyncpg.Connection):  # type: ignore[misc]
     # The protocol's statement count when the session was last known clean (after connect,
     # on_connect or a reset); -1: unknown. See AsyncpgManager.reset().
     _tidepool_clean_at = -1
+    # The reset's probe for SQL-level prepared statements, prepared on this connection after
+    # its first reset (None until then, and again once the borrower deallocated it).
+    _tidepool_probe: Any = None
 
     def get_reset_query(self) -> str:
         return self._tidepool_script(self._tidepool_reset_sql)
 
     def _tidepool_script(self, reset_sql: str) -> str:
         return reset_script(reset_sql, self._tidepool_baseline)
+
+    async def _tidepool_prepare_probe(self) -> None:
+        """Prepare the reset's probe (see ``probe_reset_sql``) and use it from the next reset.
+        Each gets a new name: asyncpg closes a dropped statement by name, later."""
+        name = f"tidepool_reset_probe_{next(_probe_names)}"
+        probe = await self.prepare(PROBE_QUERY, name=name)
+        # asyncpg prepares without a Sync, which leaves the server inside an implicit
+        # transaction until the next extended-protocol message: a borrower's BEGIN ISOLATION
+        # LEVEL would then fail. Running the probe once ends it (and finds nothing: the reset
+        # just ran).
+        await probe.fetch()
+        self._tidepool_probe = probe
+        self._tidepool_reset_sql = probe_reset_sql(name)
+
+    def _tidepool_forget_probe(self) -> None:
+        self._tidepool_probe = None
+        self._tidepool_reset_sql = RESET_SQL
 
 
 class _BouncerConnection(_ResettingConnection):
@@ -228,16 +253,26 @@ class AsyncpgManager:
         # to the event loop as an error. asyncpg keeps it on a private attribute.
         if getattr(conn, "_top_xact", None) is not None:
             conn._top_xact = None
+        resetting = isinstance(conn, _ResettingConnection) and bool(conn._tidepool_reset_sql)
         try:
             await conn.reset()
         except asyncpg.InvalidTextRepresentationError as exc:
-            if not (isinstance(conn, _ResettingConnection) and wants_deallocate(exc)):
+            if not (resetting and wants_deallocate(exc)):
                 raise
+            await conn.execute(conn._tidepool_script(RESET_DEALLOCATING_SQL))
+        except asyncpg.InvalidSQLStatementNameError:
+            if not (resetting and conn._tidepool_probe is not None):
+                raise
+            # The borrower deallocated the probe (DEALLOCATE ALL, DISCARD ALL): the script
+            # undid itself. Reset without it, deallocating the borrower's statements too.
+            conn._tidepool_forget_probe()
             await conn.execute(conn._tidepool_script(RESET_DEALLOCATING_SQL))
         if conn.is_in_transaction():
             # A cancelled borrower's BEGIN can complete on the server after the check above
             # (asyncpg finishes a cancelled statement behind the scenes): never lend that.
             raise asyncpg.InterfaceError("connection still in a transaction after the reset")
+        if resetting and conn._tidepool_probe is None:
+            await conn._tidepool_prepare_probe()
         _mark_clean(conn)
 
     async def close(self, conn: asyncpg.Connection) -> None:
