@@ -13,6 +13,7 @@ operation comes from ``getrusage``.
     python benchmarks/probes/contention.py --asyncpg postgresql://postgres@127.0.0.1/test
                                                      # the same with real I/O: SELECT 1
     python benchmarks/probes/contention.py --redis redis://127.0.0.1:6379/15   # or PING
+    python benchmarks/probes/contention.py --asyncpg URL --reset    # and the session reset
 """
 
 from __future__ import annotations
@@ -97,10 +98,13 @@ class FifoLease:
         self.pool.give(self.conn)
 
 
-async def measure(kind: str, seconds: float, profile: bool, url: str | None) -> None:
+async def measure(
+    kind: str, seconds: float, profile: bool, url: str | None, reset: bool = False
+) -> None:
     done, stop = 0, False
     pool: Any = None
     conns: list[Any] = []
+    kept: list[Any] = []  # prepared statements that must outlive the run
     if url is None:
         conns = [object() for _ in range(CONNECTIONS)]
 
@@ -125,11 +129,22 @@ async def measure(kind: str, seconds: float, profile: bool, url: str | None) -> 
     else:
         import asyncpg
 
+        from tidepool.adapters._pg import PROBE_QUERY, probe_reset_sql
+
+        # --reset: the script the asyncpg adapter sends from a connection's second reset on
+        script = probe_reset_sql("tidepool_reset_probe_contention")
         if kind != "pool":
             conns = [await asyncpg.connect(url) for _ in range(CONNECTIONS)]
+            if reset:
+                for conn in conns:
+                    probe = await conn.prepare(PROBE_QUERY, name="tidepool_reset_probe_contention")
+                    await probe.fetch()  # (ends the implicit transaction a prepare leaves)
+                    kept.append(probe)
 
         async def body(conn: Any) -> None:
             await conn.fetchval("SELECT 1")
+            if reset and kind != "pool":  # the pool runs its own reset on release
+                await conn.execute(script)
 
     if kind == "semaphore":
         free, gate = list(conns), asyncio.Semaphore(CONNECTIONS)
@@ -155,7 +170,7 @@ async def measure(kind: str, seconds: float, profile: bool, url: str | None) -> 
                 done += 1
     else:
         target: Any = NoIO() if url is None else url
-        pool = tidepool.AsyncPool(target, max_size=CONNECTIONS, min_size=CONNECTIONS, reset=False)
+        pool = tidepool.AsyncPool(target, max_size=CONNECTIONS, min_size=CONNECTIONS, reset=reset)
         await pool.open()
         while pool.stats().idle < CONNECTIONS:  # noqa: ASYNC110 - no event for "filled"
             await asyncio.sleep(0.01)
@@ -211,14 +226,21 @@ def main() -> None:
         metavar="URL",
         help="real connections: PING through redis-py's asyncio connection on URL",
     )
+    parser.add_argument(
+        "--reset",
+        action="store_true",
+        help="with --asyncpg: tidepool's default reset; the other loops run its script",
+    )
     args = parser.parse_args()
     url = args.asyncpg or args.redis
+    if args.reset and not args.asyncpg:
+        parser.error("--reset needs --asyncpg")
     kinds = args.kinds or ["pool", "semaphore", "fifo"]
     if set(kinds) - {"pool", "semaphore", "fifo"}:
         parser.error("kinds are: pool, semaphore, fifo")
     for _ in range(args.rounds):
         for kind in kinds:
-            asyncio.run(measure(kind, args.seconds, args.profile, url))
+            asyncio.run(measure(kind, args.seconds, args.profile, url, args.reset))
     print(f"core: {core_state.__file__}")
 
 

@@ -232,6 +232,12 @@ class AsyncpgManager:
         _mark_clean(conn)
 
     async def reset(self, conn: asyncpg.Connection) -> None:
+        # What asyncpg's reset() does on the client, for every borrower: drop the listener
+        # callbacks it may have added. (The rest of asyncpg's reset() is the rollback and
+        # the script below; calling it would also open a timeout scope, even without a
+        # timeout, which cost 2 us a release: the pool bounds the reset.)
+        conn._listeners.clear()
+        conn._log_listeners.clear()
         protocol = getattr(conn, "_protocol", None)
         if protocol is not None and getattr(protocol, "_is_cancelling", lambda: False)():
             # A cancelled borrower's statement is still being cancelled on the server; until
@@ -241,21 +247,20 @@ class AsyncpgManager:
             await protocol._wait_for_cancellation()
         elif _untouched(conn):
             # The borrower sent no statement at all (asyncpg counts every one it sends): the
-            # session is as the last reset left it. Only the client-side part of asyncpg's
-            # reset applies: drop the listener callbacks the borrower may have added.
-            conn._listeners.clear()
-            conn._log_listeners.clear()
+            # session is as the last reset left it.
             return
         if conn.is_in_transaction():
             await conn.execute("ROLLBACK")
         # A transaction object the borrower started and never finished (cancelled between
-        # start() and commit()) is now rolled back: forget it, or asyncpg's reset() reports it
-        # to the event loop as an error. asyncpg keeps it on a private attribute.
+        # start() and commit()) is now rolled back: forget it, or asyncpg would take the next
+        # borrower's transaction for a nested one. asyncpg keeps it on a private attribute.
         if getattr(conn, "_top_xact", None) is not None:
             conn._top_xact = None
         resetting = isinstance(conn, _ResettingConnection) and bool(conn._tidepool_reset_sql)
+        reset_query = conn.get_reset_query()
         try:
-            await conn.reset()
+            if reset_query:
+                await conn.execute(reset_query)
         except asyncpg.InvalidTextRepresentationError as exc:
             if not (resetting and wants_deallocate(exc)):
                 raise
