@@ -387,10 +387,10 @@ def _wait(fd: int, read: bool, deadline: float) -> None:
         raise TimeoutError("the server did not answer in time")
 
 
-async def _run_bounded_async(
-    conn: psycopg.AsyncConnection[Any], query: bytes, timeout: float
-) -> None:
-    """The event-loop counterpart of :func:`_run_bounded`.
+async def _run_async(conn: psycopg.AsyncConnection[Any], query: bytes) -> None:
+    """The event-loop counterpart of :func:`_run_bounded`. The bound is the pool's: AsyncPool
+    cancels a manager call at ``connect_timeout``, and a second timeout scope here would
+    only cost a release more.
 
     A cancelled psycopg call first tries to cancel the query on the server and waits for that
     (seconds, against a silent server); driving libpq here makes cancellation and the deadline
@@ -399,19 +399,18 @@ async def _run_bounded_async(
     pgconn = conn.pgconn
     loop = asyncio.get_running_loop()
     error: str | None = None
-    async with asyncio.timeout(timeout):
-        _send(pgconn, query)
-        while pgconn.flush():
-            await _ready(loop, pgconn.socket, False)
-        while True:  # as in _run_bounded: never call get_result() before it is complete
+    _send(pgconn, query)
+    while pgconn.flush():
+        await _ready(loop, pgconn.socket, False)
+    while True:  # as in _run_bounded: never call get_result() before it is complete
+        pgconn.consume_input()
+        while pgconn.is_busy():
+            await _ready(loop, pgconn.socket, True)
             pgconn.consume_input()
-            while pgconn.is_busy():
-                await _ready(loop, pgconn.socket, True)
-                pgconn.consume_input()
-            result = pgconn.get_result()
-            if result is None:
-                break
-            error = error or _error_of(result)
+        result = pgconn.get_result()
+        if result is None:
+            break
+        error = error or _error_of(result)
     _finish(pgconn, error)
 
 
@@ -454,7 +453,7 @@ class AsyncPsycopgManager(_PsycopgCommon):
         )
 
     async def check(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        await _run_bounded_async(conn, b"SELECT 1", self._timeout)
+        await _run_async(conn, b"SELECT 1")
 
     async def remember_session(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """After ``on_connect``: remember its session settings for the reset to restore."""
@@ -466,18 +465,18 @@ class AsyncPsycopgManager(_PsycopgCommon):
     async def reset(self, conn: psycopg.AsyncConnection[Any]) -> None:
         status = conn.info.transaction_status
         if status in _IN_TRANSACTION:
-            await _run_bounded_async(conn, b"ROLLBACK", self._timeout)
+            await _run_async(conn, b"ROLLBACK")
         elif status != _IDLE:
             raise psycopg.OperationalError(f"connection returned in state {status.name}")
         script = self._full_reset(conn)
         if script:
             try:
-                await _run_bounded_async(conn, script.encode(), self._timeout)
+                await _run_async(conn, script.encode())
             except psycopg.OperationalError as exc:
                 if not wants_deallocate(exc):
                     raise
                 deallocating = self._full_reset(conn, deallocating=True)
-                await _run_bounded_async(conn, deallocating.encode(), self._timeout)
+                await _run_async(conn, deallocating.encode())
         self._forget_notifications(conn)
         _require_idle(conn.info.transaction_status)
 
