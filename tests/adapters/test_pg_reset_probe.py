@@ -6,6 +6,8 @@ session."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -19,12 +21,22 @@ PROBES = (
 )
 
 
-async def one_connection_pool() -> tidepool.AsyncPool[Any]:
+@asynccontextmanager
+async def one_connection_pool(*, probed: bool = True) -> AsyncIterator[tidepool.AsyncPool[Any]]:
+    """An open pool of one asyncpg connection; ``probed``: its first reset has run, so the
+    probe is prepared."""
     pool: tidepool.AsyncPool[Any] = tidepool.AsyncPool(
         pg_url(app_name(), driver="asyncpg"), max_size=1, min_size=1, check="never"
     )
-    await pool.open()
-    return pool
+    try:
+        await pool.open()
+        if probed:
+            async with pool.acquire() as conn:
+                await conn.execute("SET work_mem TO '7MB'")  # the first reset prepares it
+        yield pool
+        assert pool.stats().reset_failures == 0
+    finally:
+        await pool.aclose()
 
 
 async def probes(conn: Any) -> list[tuple[str, bool, int]]:
@@ -38,8 +50,7 @@ def test_the_probe_is_prepared_once_and_executed_by_every_reset() -> None:
     require_pg()
 
     async def main() -> None:
-        pool = await one_connection_pool()
-        try:
+        async with one_connection_pool(probed=False) as pool:
             async with pool.acquire() as conn:
                 pid = conn.get_server_pid()
                 assert await probes(conn) == []  # prepared by the first reset, not at connect
@@ -57,9 +68,6 @@ def test_the_probe_is_prepared_once_and_executed_by_every_reset() -> None:
                 assert await probes(conn) == [(name, False, runs + 6)]
                 user_statements = "SELECT count(*) FROM pg_prepared_statements WHERE from_sql"
                 assert await conn.fetchval(user_statements) == 0
-            assert pool.stats().reset_failures == 0
-        finally:
-            await pool.aclose()
 
     asyncio.run(main())
 
@@ -70,17 +78,11 @@ def test_preparing_the_probe_leaves_no_transaction_open() -> None:
     require_pg()
 
     async def main() -> None:
-        pool = await one_connection_pool()
-        try:
-            async with pool.acquire() as conn:
-                await conn.execute("SET work_mem TO '7MB'")  # the first reset prepares it
-            async with pool.acquire() as conn:
-                await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-                isolation = "SELECT current_setting('transaction_isolation')"
-                assert await conn.fetchval(isolation) == "repeatable read"
-                await conn.execute("ROLLBACK")
-        finally:
-            await pool.aclose()
+        async with one_connection_pool() as pool, pool.acquire() as conn:
+            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            isolation = "SELECT current_setting('transaction_isolation')"
+            assert await conn.fetchval(isolation) == "repeatable read"
+            await conn.execute("ROLLBACK")
 
     asyncio.run(main())
 
@@ -89,10 +91,7 @@ def test_the_prepared_probe_finds_a_borrowers_prepared_statement() -> None:
     require_pg()
 
     async def main() -> None:
-        pool = await one_connection_pool()
-        try:
-            async with pool.acquire() as conn:
-                await conn.execute("SET work_mem TO '7MB'")  # the first reset prepares it
+        async with one_connection_pool() as pool:
             async with pool.acquire() as conn:
                 assert len(await probes(conn)) == 1
                 await conn.execute("PREPARE tp_user_stmt AS SELECT 1")
@@ -102,9 +101,6 @@ def test_the_prepared_probe_finds_a_borrowers_prepared_statement() -> None:
                 assert names == []
                 assert await conn.fetchval("SHOW work_mem") != "9MB"
                 assert len(await probes(conn)) == 1  # the deallocating reset kept it
-            assert pool.stats().reset_failures == 0
-        finally:
-            await pool.aclose()
 
     asyncio.run(main())
 
@@ -114,12 +110,9 @@ def test_a_borrower_that_deallocates_the_probe_still_gets_a_clean_session(how: s
     require_pg()
 
     async def main() -> None:
-        pool = await one_connection_pool()
-        try:
+        async with one_connection_pool() as pool:
             async with pool.acquire() as conn:
                 pid = conn.get_server_pid()
-                await conn.execute("SET search_path TO pg_catalog")
-            async with pool.acquire() as conn:
                 [(old, _, _)] = await probes(conn)
                 await conn.execute(how.format(probe=old))
                 await conn.execute("PREPARE tp_user_stmt AS SELECT 1")
@@ -129,17 +122,10 @@ def test_a_borrower_that_deallocates_the_probe_still_gets_a_clean_session(how: s
                 await conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE; ROLLBACK")
                 # (new statement texts: DEALLOCATE ALL also dropped asyncpg's own cached ones)
                 assert await conn.fetchval("SHOW search_path /* after */") == '"$user", public'
-                assert (
-                    await conn.fetch(
-                        "SELECT name FROM pg_prepared_statements WHERE from_sql /* after */"
-                    )
-                    == []
-                )
+                user_statements = "SELECT name FROM pg_prepared_statements WHERE from_sql -- after"
+                assert await conn.fetch(user_statements) == []
                 [(new, from_sql, _)] = await probes(conn)
                 assert new != old  # prepared again, under a new name
                 assert not from_sql
-            assert pool.stats().reset_failures == 0
-        finally:
-            await pool.aclose()
 
     asyncio.run(main())

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from asyncio import Task
+from typing import Any
 
 import pytest
 
@@ -62,22 +64,28 @@ def test_a_call_that_ends_in_time_leaves_no_cancellation_behind() -> None:
     asyncio.run(main())
 
 
+async def borrower_stuck_in_reset(pool: AsyncPool[Any], manager: AsyncFakeManager) -> Task[None]:
+    """A task whose borrow ends in a reset that hangs; returns once it is in that reset."""
+    resetting = asyncio.Event()
+
+    async def borrower() -> None:
+        async with pool.acquire() as conn:
+            conn.dirty = True
+            manager.behaviour.reset = "hang"
+            resetting.set()
+
+    task = asyncio.create_task(borrower())
+    await resetting.wait()
+    await asyncio.sleep(0.05)  # inside the hanging reset now
+    return task
+
+
 def test_a_borrower_cancelled_during_its_reset_stays_cancelled() -> None:
     async def main() -> None:
         manager = AsyncFakeManager()
         pool = AsyncPool(manager, max_size=1, connect_timeout=5.0)
-        resetting = asyncio.Event()
-
-        async def borrower() -> None:
-            async with pool.acquire() as conn:
-                conn.dirty = True
-                manager.behaviour.reset = "hang"
-                resetting.set()
-
         try:
-            task = asyncio.create_task(borrower())
-            await resetting.wait()
-            await asyncio.sleep(0.05)  # inside the hanging reset now
+            task = await borrower_stuck_in_reset(pool, manager)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):  # not TimeoutError
                 await task
@@ -97,17 +105,8 @@ def test_a_borrowers_reset_keeps_its_bound_while_the_pool_closes() -> None:
     async def main() -> None:
         manager = AsyncFakeManager()
         pool = AsyncPool(manager, max_size=1, connect_timeout=0.3)
-        resetting = asyncio.Event()
-
-        async def borrower() -> None:
-            async with pool.acquire() as conn:
-                conn.dirty = True
-                manager.behaviour.reset = "hang"
-                resetting.set()
-
         try:
-            task = asyncio.create_task(borrower())
-            await resetting.wait()
+            task = await borrower_stuck_in_reset(pool, manager)
             started = time.monotonic()
             await pool.aclose(timeout=0.05)
             await asyncio.wait_for(task, 5)  # the reset gave up at its bound
