@@ -325,7 +325,8 @@ class Flows(Generic[C]):
                 self.emit("on_reset_failed", entry.id, exc)
             return
         state.give_back(entry, monotonic(), reusable=True)
-        self.kick()
+        if state.may_need_kick():
+            self.kick()
 
     def _note_disconnect(self, entry: Entry[C], conn: Any, error: BaseException | None) -> None:
         """If the manager says ``conn`` was lost to a server-side disconnect, retire every
