@@ -462,6 +462,46 @@ def test_sql_prepared_statements_go_driver_statements_stay(flavor: str) -> None:
     asyncio.run(main())
 
 
+def test_the_reset_probe_is_prepared_once_and_outlives_deallocate_all(flavor: str) -> None:
+    """The reset's check for SQL-level prepared statements is prepared by the first reset
+    (at the protocol level: not ``from_sql``) and run by name from then on; a borrower's
+    ``DEALLOCATE ALL`` costs the next reset a second round trip, not the connection."""
+
+    async def probes(lent: Lent, tag: int) -> str | None:
+        # (a new text each time: DEALLOCATE ALL also drops the drivers' cached statements)
+        return await lent.value(  # type: ignore[no-any-return]
+            "SELECT string_agg(name || ':' || from_sql || ':' || (generic_plans + custom_plans),"
+            f" ',') FROM pg_prepared_statements WHERE name LIKE 'tidepool_reset_probe_%' -- {tag}"
+        )
+
+    async def main() -> None:
+        async with scenario(flavor) as p:
+            async with p.borrow() as a:
+                pid = await a.pid()
+                await a.run("SET search_path TO pg_catalog")  # a reset is due: probe prepared
+            async with p.borrow() as b:
+                name, from_sql, runs = str(await probes(b, 2)).split(":")
+                assert from_sql == "false"
+                await b.run("SET work_mem TO '9MB'")
+            async with p.borrow() as c:
+                assert await probes(c, 3) == f"{name}:false:{int(runs) + 1}"  # run by name
+                await c.run("DEALLOCATE ALL")
+                await c.run("PREPARE tp_user_stmt AS SELECT 1")
+                await c.run("SET search_path TO pg_catalog")
+            async with p.borrow() as d:
+                assert await d.value("SELECT pg_backend_pid() -- 4") == pid  # reset, not closed
+                assert await d.value("SHOW search_path -- 4") == '"$user", public'
+                user_statements = "SELECT count(*) FROM pg_prepared_statements WHERE from_sql -- 4"
+                assert await d.value(user_statements) == 0
+                new_name, from_sql, _ = str(await probes(d, 4)).split(":")
+                assert new_name != name  # prepared again
+                assert from_sql == "false"
+            assert p.pool.stats().reset_failures == 0
+            await p.check_invariants()
+
+    asyncio.run(main())
+
+
 def test_sequence_state_is_discarded(flavor: str, cleanup: list[str]) -> None:
     sequence = unique("tp_seq")
     with admin() as conn:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import itertools
 import os
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ __all__ = [
     "begin_sql",
     "forget_locals",
     "is_disconnect_sqlstate",
+    "next_probe_name",
     "probe_reset_sql",
     "reset_script",
     "resolve_credentials",
@@ -132,6 +134,15 @@ END $tidepool_reset$;"""
 
 RESET_SQL = f"{_RESET_STEPS}\n{_PREPARED_PROBE}"
 RESET_DEALLOCATING_SQL = f"{_RESET_STEPS}\n{_DEALLOCATE_SQL}"
+
+
+_probe_names = itertools.count(1)
+
+
+def next_probe_name() -> str:
+    """A name for one more prepared reset probe: new for each, since a driver may close a
+    statement it dropped by name, later, and that must not close a newer one."""
+    return f"tidepool_reset_probe_{next(_probe_names)}"
 
 
 def probe_reset_sql(statement: str) -> str:

@@ -8,7 +8,6 @@ mode (``?pgbouncer=true``) the statement cache is off and the reset is a rollbac
 
 from __future__ import annotations
 
-import itertools
 import ssl
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -27,6 +26,7 @@ from ._pg import (
     PGTarget,
     begin_sql,
     is_disconnect_sqlstate,
+    next_probe_name,
     probe_reset_sql,
     reset_script,
     resolve_credentials,
@@ -35,7 +35,6 @@ from ._pg import (
 
 __all__ = ["AsyncpgManager"]
 
-_probe_names = itertools.count(1)
 
 # libpq parameters asyncpg does not understand (it would send them to the server as settings).
 _UNSUPPORTED = (
@@ -94,7 +93,7 @@ class _ResettingConnection(asyncpg.Connection):  # type: ignore[misc]
     async def _tidepool_prepare_probe(self) -> None:
         """Prepare the reset's probe (see ``probe_reset_sql``) and use it from the next reset.
         Each gets a new name: asyncpg closes a dropped statement by name, later."""
-        name = f"tidepool_reset_probe_{next(_probe_names)}"
+        name = next_probe_name()
         probe = await self.prepare(PROBE_QUERY, name=name)
         # asyncpg prepares without a Sync, which leaves the server inside an implicit
         # transaction until the next extended-protocol message: a borrower's BEGIN ISOLATION

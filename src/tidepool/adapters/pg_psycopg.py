@@ -26,12 +26,15 @@ from ..errors import ConnectError
 from ._errors import scrubbed
 from ._pg import (
     BASELINE_SQL,
+    PROBE_QUERY,
     RESET_DEALLOCATING_SQL,
     RESET_SQL,
     TRANSIENT_CONNECT_SQLSTATES,
     PGTarget,
     begin_sql,
     is_disconnect_sqlstate,
+    next_probe_name,
+    probe_reset_sql,
     reset_script,
     resolve_credentials,
     resolve_credentials_sync,
@@ -41,6 +44,7 @@ from ._pg import (
 __all__ = ["AsyncPsycopgManager", "PsycopgManager"]
 
 _IDLE = pq.TransactionStatus.IDLE
+_PROBE = PROBE_QUERY.encode()
 _BAD = int(pq.ConnStatus.BAD)
 _IN_TRANSACTION = (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR)
 
@@ -72,6 +76,8 @@ class _PsycopgCommon:
         self._reset_sql = "" if self.pgbouncer else RESET_SQL
         # Per connection: what on_connect set up, re-applied by every reset.
         self._baselines: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        # Per connection: the name under which its reset probe is prepared (see _next_probe).
+        self._probes: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         # Per connection: a libpq cancel connection prepared at connect (no I/O yet), so that
         # a query can still be cancelled after psycopg itself closed the connection under it.
         self._cancels: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
@@ -95,8 +101,38 @@ class _PsycopgCommon:
     def _full_reset(self, conn: Any, *, deallocating: bool = False) -> str:
         if not self._reset_sql:
             return ""
-        reset = RESET_DEALLOCATING_SQL if deallocating else self._reset_sql
+        if deallocating:
+            reset = RESET_DEALLOCATING_SQL
+        else:
+            probe = self._probes.get(conn)
+            reset = self._reset_sql if probe is None else probe_reset_sql(probe)
         return reset_script(reset, self._baselines.get(conn))
+
+    def _recovery_script(self, conn: Any, error: psycopg.OperationalError) -> str:
+        """The reset to run after the full reset failed with ``error``: the deallocating one,
+        when the probe found the borrower's prepared statements or the borrower deallocated
+        the probe (``DEALLOCATE ALL``, ``DISCARD ALL``; it is prepared again afterwards).
+
+        Raises:
+            psycopg.OperationalError: ``error``, for any other failure.
+        """
+        probe = self._probes.get(conn)
+        if probe is not None and f'"{probe}" does not exist' in str(error):
+            del self._probes[conn]
+        elif not wants_deallocate(error):
+            raise error
+        return self._full_reset(conn, deallocating=True)
+
+    def _next_probe(self, conn: Any) -> bytes | None:
+        """After a successful reset: the name under which to prepare the reset's probe on
+        ``conn``, if it has none yet (``None`` otherwise, and behind PgBouncer). The probe is
+        then planned once per connection instead of on every reset (see probe_reset_sql);
+        libpq prepares at the protocol level, so it is not ``from_sql``."""
+        if not self._reset_sql or conn in self._probes:
+            return None
+        name = next_probe_name()
+        self._probes[conn] = name
+        return name.encode()
 
     def _kwargs(self, resolved: dict[str, Any]) -> dict[str, Any]:
         return {**self._base, **resolved}
@@ -248,10 +284,10 @@ class PsycopgManager(_PsycopgCommon):
             try:
                 _run_bounded(conn, script.encode(), self._timeout)
             except psycopg.OperationalError as exc:
-                if not wants_deallocate(exc):
-                    raise
-                deallocating = self._full_reset(conn, deallocating=True)
-                _run_bounded(conn, deallocating.encode(), self._timeout)
+                _run_bounded(conn, self._recovery_script(conn, exc).encode(), self._timeout)
+            probe = self._next_probe(conn)
+            if probe is not None:
+                _run_bounded(conn, _PROBE, self._timeout, prepare_as=probe)
         self._forget_notifications(conn)
         _require_idle(conn.info.transaction_status)
 
@@ -322,8 +358,11 @@ class PsycopgManager(_PsycopgCommon):
             return cur.rowcount
 
 
-def _run_bounded(conn: psycopg.Connection[Any], query: bytes, timeout: float) -> None:
-    """Run ``query`` (simple protocol, no results wanted) within ``timeout`` seconds.
+def _run_bounded(
+    conn: psycopg.Connection[Any], query: bytes, timeout: float, prepare_as: bytes | None = None
+) -> None:
+    """Run ``query`` (simple protocol, no results wanted) within ``timeout`` seconds; or,
+    with ``prepare_as``, prepare it under that name.
 
     psycopg's blocking calls wait on the socket without a deadline; this drives libpq itself
     so that a stalled or black-holed server costs at most ``timeout``.
@@ -334,7 +373,7 @@ def _run_bounded(conn: psycopg.Connection[Any], query: bytes, timeout: float) ->
     """
     pgconn = conn.pgconn
     deadline = time.monotonic() + timeout
-    _send(pgconn, query)
+    _send(pgconn, query, prepare_as)
     while pgconn.flush():
         _wait(pgconn.socket, False, deadline)
     error: str | None = None
@@ -352,10 +391,13 @@ def _run_bounded(conn: psycopg.Connection[Any], query: bytes, timeout: float) ->
     _finish(pgconn, error)
 
 
-def _send(pgconn: pq.abc.PGconn, query: bytes) -> None:
+def _send(pgconn: pq.abc.PGconn, query: bytes, prepare_as: bytes | None = None) -> None:
     if pgconn.status != pq.ConnStatus.OK:
         raise psycopg.OperationalError("connection is closed")
-    pgconn.send_query(query)
+    if prepare_as is None:
+        pgconn.send_query(query)
+    else:  # (Parse and Sync: no implicit transaction is left open, unlike asyncpg's prepare)
+        pgconn.send_prepare(prepare_as, query)
 
 
 def _require_idle(status: pq.TransactionStatus) -> None:
@@ -387,7 +429,9 @@ def _wait(fd: int, read: bool, deadline: float) -> None:
         raise TimeoutError("the server did not answer in time")
 
 
-async def _run_async(conn: psycopg.AsyncConnection[Any], query: bytes) -> None:
+async def _run_async(
+    conn: psycopg.AsyncConnection[Any], query: bytes, prepare_as: bytes | None = None
+) -> None:
     """The event-loop counterpart of :func:`_run_bounded`. The bound is the pool's: AsyncPool
     cancels a manager call at ``connect_timeout``, and a second timeout scope here would
     only cost a release more.
@@ -399,7 +443,7 @@ async def _run_async(conn: psycopg.AsyncConnection[Any], query: bytes) -> None:
     pgconn = conn.pgconn
     loop = asyncio.get_running_loop()
     error: str | None = None
-    _send(pgconn, query)
+    _send(pgconn, query, prepare_as)
     while pgconn.flush():
         await _ready(loop, pgconn.socket, False)
     while True:  # as in _run_bounded: never call get_result() before it is complete
@@ -473,10 +517,10 @@ class AsyncPsycopgManager(_PsycopgCommon):
             try:
                 await _run_async(conn, script.encode())
             except psycopg.OperationalError as exc:
-                if not wants_deallocate(exc):
-                    raise
-                deallocating = self._full_reset(conn, deallocating=True)
-                await _run_async(conn, deallocating.encode())
+                await _run_async(conn, self._recovery_script(conn, exc).encode())
+            probe = self._next_probe(conn)
+            if probe is not None:
+                await _run_async(conn, _PROBE, prepare_as=probe)
         self._forget_notifications(conn)
         _require_idle(conn.info.transaction_status)
 
