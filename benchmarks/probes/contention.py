@@ -131,13 +131,14 @@ async def measure(
 
         from tidepool.adapters._pg import PROBE_QUERY, probe_reset_sql
 
-        # --reset: the script the asyncpg adapter sends from a connection's second reset on
-        script = probe_reset_sql("tidepool_reset_probe_contention")
+        # --reset: the script the adapters send from a connection's second reset on
+        probe_name = "tidepool_reset_probe_contention"
+        script = probe_reset_sql(probe_name)
         if kind != "pool":
             conns = [await asyncpg.connect(url) for _ in range(CONNECTIONS)]
             if reset:
                 for conn in conns:
-                    probe = await conn.prepare(PROBE_QUERY, name="tidepool_reset_probe_contention")
+                    probe = await conn.prepare(PROBE_QUERY, name=probe_name)
                     await probe.fetch()  # (ends the implicit transaction a prepare leaves)
                     kept.append(probe)
 

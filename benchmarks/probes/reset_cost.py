@@ -33,8 +33,8 @@ VARIANTS = {
     "one": "SELECT 1",  # the cheapest second round trip
     "steps": _RESET_STEPS,  # tidepool's reset without the prepared-statement probe
     "probe": RESET_SQL.rsplit(";", 2)[-2] + ";",  # the probe alone
-    "full": RESET_SQL,  # tidepool's reset, as psycopg sends it (and asyncpg the first time)
-    # as the asyncpg adapter sends it: the probe prepared once per connection, run by name
+    "full": RESET_SQL,  # tidepool's reset, as the adapters send it at a connection's first
+    # and from then on: the probe prepared once per connection, run by name
     "prepared": probe_reset_sql(PROBE_NAME),
 }
 TICK = os.sysconf("SC_CLK_TCK")
@@ -55,7 +55,10 @@ async def measure(name: str, reset_sql: str, seconds: float, cached: int) -> Non
     for conn in conns:  # fill asyncpg's statement cache, as a long-running service does
         for i in range(cached):
             await conn.fetchval(f"SELECT {i}::int + $1", 1)
-    probes = [await conn.prepare(PROBE_QUERY, name=PROBE_NAME) for conn in conns]
+    probes = []  # (kept for the run: asyncpg closes a dropped statement)
+    for conn in conns if name == "prepared" else ():
+        probes.append(await conn.prepare(PROBE_QUERY, name=PROBE_NAME))
+        await probes[-1].fetch()  # a prepare leaves an implicit transaction open: end it
     free, gate = list(conns), asyncio.Semaphore(10)
     done, stop = 0, False
 
@@ -81,7 +84,7 @@ async def measure(name: str, reset_sql: str, seconds: float, cached: int) -> Non
     elapsed = time.perf_counter() - t0
     stop = True
     await asyncio.gather(*tasks)
-    del probes
+    probes.clear()
     for conn in conns:
         await conn.close()
     ops = n1 - n0

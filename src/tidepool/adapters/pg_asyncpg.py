@@ -35,7 +35,6 @@ from ._pg import (
 
 __all__ = ["AsyncpgManager"]
 
-
 # libpq parameters asyncpg does not understand (it would send them to the server as settings).
 _UNSUPPORTED = (
     "hostaddr",

@@ -117,7 +117,9 @@ class _PsycopgCommon:
             psycopg.OperationalError: ``error``, for any other failure.
         """
         probe = self._probes.get(conn)
-        if probe is not None and f'"{probe}" does not exist' in str(error):
+        # (By the name the message quotes: the rest of it follows the server's lc_messages,
+        # and only a missing statement makes the script name the probe in an error.)
+        if probe is not None and probe in str(error):
             del self._probes[conn]
         elif not wants_deallocate(error):
             raise error
