@@ -47,4 +47,5 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    scenarios.settle_allocator()
     print(json.dumps(measure(json.loads(sys.argv[1]))))

@@ -14,6 +14,8 @@ operation comes from ``getrusage``.
                                                      # the same with real I/O: SELECT 1
     python benchmarks/probes/contention.py --redis redis://127.0.0.1:6379/15   # or PING
     python benchmarks/probes/contention.py --asyncpg URL --reset    # and the session reset
+    python benchmarks/probes/contention.py --asyncpg URL --unsettled   # malloc as the process
+                                                     # start left it (see settle_allocator)
 """
 
 from __future__ import annotations
@@ -23,12 +25,17 @@ import asyncio
 import cProfile
 import pstats
 import resource
+import sys
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import tidepool
 import tidepool._core.state as core_state
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from scenarios import settle_allocator  # (benchmarks/ is not a package)
 
 TASKS, CONNECTIONS = 64, 10
 
@@ -203,9 +210,11 @@ async def measure(
     ops = n1 - n0
     cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
     user = r1.ru_utime - r0.ru_utime
+    faults = (r1.ru_minflt - r0.ru_minflt) / ops  # 1-2 per read while reads mmap (see
+    # settle_allocator)
     print(
         f"{kind:9s} {ops / seconds:9,.0f} ops/s   CPU {cpu / ops * 1e6:6.2f} us/op"
-        f"   (user {user / ops * 1e6:6.2f})",
+        f"   (user {user / ops * 1e6:6.2f})   page faults/op {faults:.2f}",
         flush=True,
     )
 
@@ -232,7 +241,15 @@ def main() -> None:
         action="store_true",
         help="with --asyncpg: tidepool's default reset; the other loops run its script",
     )
+    parser.add_argument(
+        "--unsettled",
+        action="store_true",
+        help="leave malloc as the process start left it (by default the probe settles it, as "
+        "every benchmark worker does: benchmarks/scenarios.py, settle_allocator)",
+    )
     args = parser.parse_args()
+    if not args.unsettled:
+        settle_allocator()
     url = args.asyncpg or args.redis
     if args.reset and not args.asyncpg:
         parser.error("--reset needs --asyncpg")

@@ -19,12 +19,16 @@ import argparse
 import asyncio
 import os
 import resource
+import sys
 import time
 from pathlib import Path
 
 import asyncpg
 
 from tidepool.adapters._pg import _RESET_STEPS, PROBE_QUERY, RESET_SQL, probe_reset_sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from scenarios import settle_allocator  # (benchmarks/ is not a package)
 
 URL = os.environ.get("TIDEPOOL_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PROBE_NAME = "tidepool_reset_probe_bench"
@@ -104,6 +108,7 @@ def main() -> None:
     parser.add_argument("--cached", type=int, default=0, help="statements cached per connection")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    settle_allocator()  # as every benchmark worker does (see benchmarks/scenarios.py)
     names = args.variants or list(VARIANTS)
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:

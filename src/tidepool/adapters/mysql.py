@@ -45,6 +45,7 @@ from .._url import Secret, parse_url
 from ..errors import ConfigError, ConnectError
 from ._errors import scrubbed
 from ._pg import forget_locals, resolve_credentials, resolve_credentials_sync
+from ._transport import limit_reads
 
 __all__ = ["AsyncMySQLManager", "MySQLManager", "MySQLTarget", "build"]
 
@@ -929,6 +930,7 @@ class AsyncMySQLManager(_MySQLCommon):
         conn = _Connection(**kwargs)
         try:
             await conn._connect()
+            limit_reads(getattr(conn._writer, "transport", None))
             if not side:
                 sql_mode = kwargs.get("sql_mode")
                 self._record(conn, kwargs, None if sql_mode is None else f"SET sql_mode={sql_mode}")

@@ -32,6 +32,7 @@ from ._pg import (
     resolve_credentials,
     wants_deallocate,
 )
+from ._transport import limit_reads
 
 __all__ = ["AsyncpgManager"]
 
@@ -213,6 +214,7 @@ class AsyncpgManager:
             connection_class=reset_class,
             **kwargs,
         )
+        limit_reads(getattr(conn, "_transport", None))
         _mark_clean(conn)
         return conn
 

@@ -57,6 +57,7 @@ from ..errors import ConfigError, ConnectError
 from ._errors import scrubbed
 from ._pg import resolve_credentials, resolve_credentials_sync
 from ._redis_traffic import settle, untouched, watch
+from ._transport import limit_reads
 
 __all__ = ["AsyncRedisManager", "RedisManager", "RedisTarget", "build"]
 
@@ -555,6 +556,7 @@ class AsyncRedisManager(_RedisCommon):
                 login = self._login(conn.username, conn.password)
             self._sessions[client] = self._session(client, hello, login)
             watch(conn)
+            limit_reads(getattr(getattr(conn, "_writer", None), "transport", None))
         except BaseException:
             await _discard_async(client)
             raise
