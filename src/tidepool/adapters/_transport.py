@@ -8,7 +8,7 @@ malloc's mmap threshold for good); until then every read of a small reply costs 
 ``mremap``, ``munmap`` and a page fault or two (cpython#85451). Which of the two states a
 process is in depends on what it happened to free before, so the same service ran fast or slow
 from one start to the next: here a pool of asyncpg connections doing ``SELECT 1`` moved
-14,000-16,000 operations per second in the slow state and 19,000-24,000 in the fast one.
+14,000-16,000 operations per second in the slow state and 18,000-25,000 in the fast one.
 
 Reading at most :data:`READ_SIZE` keeps each read under glibc's default threshold (128 KiB),
 so the heap serves it whatever the process freed before. A large reply takes more reads
