@@ -136,7 +136,8 @@ async def measure(
     else:
         import asyncpg
 
-        from tidepool.adapters._pg import PROBE_QUERY, probe_reset_sql
+        from tidepool.adapters._pg import probe_reset_sql
+        from tidepool.adapters.pg_asyncpg import prepare_reset_probe
 
         # --reset: the script the adapters send from a connection's second reset on
         probe_name = "tidepool_reset_probe_contention"
@@ -144,10 +145,7 @@ async def measure(
         if kind != "pool":
             conns = [await asyncpg.connect(url) for _ in range(CONNECTIONS)]
             if reset:
-                for conn in conns:
-                    probe = await conn.prepare(PROBE_QUERY, name=probe_name)
-                    await probe.fetch()  # (ends the implicit transaction a prepare leaves)
-                    kept.append(probe)
+                kept.extend([await prepare_reset_probe(conn, probe_name) for conn in conns])
 
         async def body(conn: Any) -> None:
             await conn.fetchval("SELECT 1")
@@ -210,8 +208,8 @@ async def measure(
     ops = n1 - n0
     cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
     user = r1.ru_utime - r0.ru_utime
-    faults = (r1.ru_minflt - r0.ru_minflt) / ops  # 1-2 per read while reads mmap (see
-    # settle_allocator)
+    # 1-2 per read while reads mmap their buffer (see settle_allocator), about 0 otherwise
+    faults = (r1.ru_minflt - r0.ru_minflt) / ops
     print(
         f"{kind:9s} {ops / seconds:9,.0f} ops/s   CPU {cpu / ops * 1e6:6.2f} us/op"
         f"   (user {user / ops * 1e6:6.2f})   page faults/op {faults:.2f}",

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import asyncpg
 
-from tidepool.adapters._pg import _RESET_STEPS, PROBE_QUERY, RESET_SQL, probe_reset_sql
+from tidepool.adapters._pg import _RESET_STEPS, RESET_SQL, probe_reset_sql
+from tidepool.adapters.pg_asyncpg import prepare_reset_probe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scenarios import settle_allocator  # (benchmarks/ is not a package)
@@ -59,10 +60,8 @@ async def measure(name: str, reset_sql: str, seconds: float, cached: int) -> Non
     for conn in conns:  # fill asyncpg's statement cache, as a long-running service does
         for i in range(cached):
             await conn.fetchval(f"SELECT {i}::int + $1", 1)
-    probes = []  # (kept for the run: asyncpg closes a dropped statement)
-    for conn in conns if name == "prepared" else ():
-        probes.append(await conn.prepare(PROBE_QUERY, name=PROBE_NAME))
-        await probes[-1].fetch()  # a prepare leaves an implicit transaction open: end it
+    # (kept for the run: asyncpg closes a dropped statement)
+    probes = [await prepare_reset_probe(c, PROBE_NAME) for c in conns if name == "prepared"]
     free, gate = list(conns), asyncio.Semaphore(10)
     done, stop = 0, False
 

@@ -33,8 +33,6 @@ def limit_reads(transport: object) -> None:
     buffer it keeps, and asyncio's TLS transport exposes no read size of its own. So is a
     transport already set to read less. Never raises.
     """
-    if transport is None:
-        return
     if getattr(transport, "max_size", 0) > READ_SIZE:
         try:
             transport.max_size = READ_SIZE  # type: ignore[attr-defined]

@@ -94,18 +94,23 @@ class _ResettingConnection(asyncpg.Connection):  # type: ignore[misc]
         """Prepare the reset's probe (see ``probe_reset_sql``) and use it from the next reset.
         Each gets a new name: asyncpg closes a dropped statement by name, later."""
         name = next_probe_name()
-        probe = await self.prepare(PROBE_QUERY, name=name)
-        # asyncpg prepares without a Sync, which leaves the server inside an implicit
-        # transaction until the next extended-protocol message: a borrower's BEGIN ISOLATION
-        # LEVEL would then fail. Running the probe once ends it (and finds nothing: the reset
-        # just ran).
-        await probe.fetch()
-        self._tidepool_probe = probe
+        self._tidepool_probe = await prepare_reset_probe(self, name)
         self._tidepool_reset_sql = probe_reset_sql(name)
 
     def _tidepool_forget_probe(self) -> None:
         self._tidepool_probe = None
         self._tidepool_reset_sql = RESET_SQL
+
+
+async def prepare_reset_probe(conn: asyncpg.Connection, name: str) -> Any:
+    """Prepare :data:`PROBE_QUERY` on ``conn`` as ``name`` (run by ``probe_reset_sql(name)``)
+    and return the statement, which must be kept alive: asyncpg closes a dropped one."""
+    probe = await conn.prepare(PROBE_QUERY, name=name)
+    # asyncpg prepares without a Sync, which leaves the server inside an implicit transaction
+    # until the next extended-protocol message: a borrower's BEGIN ISOLATION LEVEL would then
+    # fail. Running the probe once ends it (and finds nothing: the reset just ran).
+    await probe.fetch()
+    return probe
 
 
 class _BouncerConnection(_ResettingConnection):
