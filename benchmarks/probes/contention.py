@@ -1,11 +1,11 @@
 """The client CPU one contended checkout costs, with no I/O in the way.
 
-64 asyncio tasks share 10 connections of a manager that does no I/O; each task acquires,
-yields to the event loop once, and releases. The same loop on an ``asyncio.Semaphore`` and a
-list is the floor a pool can be compared with; ``fifo`` is the smallest fair pool in Python
-(a lock, a list of idle connections, a FIFO of futures, a lease object), with none of a
-pool's other duties (deadlines, accounting, liveness, leak watch, statistics). CPU per
-operation comes from ``getrusage``.
+64 asyncio tasks (``--tasks``) share 10 connections of a manager that does no I/O; each task
+acquires, yields to the event loop once, and releases. The same loop on an
+``asyncio.Semaphore`` and a list is the floor a pool can be compared with; ``fifo`` is the
+smallest fair pool in Python (a lock, a list of idle connections, a FIFO of futures, a lease
+object), with none of a pool's other duties (deadlines, accounting, liveness, leak watch,
+statistics). CPU per operation comes from ``getrusage``.
 
     python benchmarks/probes/contention.py pool semaphore fifo     # the pure-Python core
     PYTHONPATH=build/compiled python benchmarks/probes/contention.py pool   # make compiled first
@@ -14,6 +14,7 @@ operation comes from ``getrusage``.
                                                      # the same with real I/O: SELECT 1
     python benchmarks/probes/contention.py --redis redis://127.0.0.1:6379/15   # or PING
     python benchmarks/probes/contention.py --asyncpg URL --reset    # and the session reset
+    python benchmarks/probes/contention.py --asyncpg URL --tasks 10000   # the scale scenario
     python benchmarks/probes/contention.py --asyncpg URL --unsettled   # malloc as the process
                                                      # start left it (see settle_allocator)
 """
@@ -106,7 +107,12 @@ class FifoLease:
 
 
 async def measure(
-    kind: str, seconds: float, profile: bool, url: str | None, reset: bool = False
+    kind: str,
+    seconds: float,
+    profile: bool,
+    url: str | None,
+    reset: bool = False,
+    tasks: int = TASKS,
 ) -> None:
     done, stop = 0, False
     pool: Any = None
@@ -188,7 +194,7 @@ async def measure(
                     await body(conn)
                 done += 1
 
-    tasks = [asyncio.create_task(worker()) for _ in range(TASKS)]
+    running = [asyncio.create_task(worker()) for _ in range(tasks)]
     await asyncio.sleep(0.5)
     profiler = cProfile.Profile() if profile else None
     if profiler is not None:
@@ -200,7 +206,7 @@ async def measure(
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
     stop = True
-    await asyncio.gather(*tasks)
+    await asyncio.gather(*running)
     if pool is not None:
         await pool.aclose()
     for conn in conns if url is not None else []:
@@ -223,6 +229,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--tasks", type=int, default=TASKS, help=f"tasks sharing the connections ({TASKS})"
+    )
     real = parser.add_mutually_exclusive_group()
     real.add_argument(
         "--asyncpg",
@@ -256,7 +265,7 @@ def main() -> None:
         parser.error("kinds are: pool, semaphore, fifo")
     for _ in range(args.rounds):
         for kind in kinds:
-            asyncio.run(measure(kind, args.seconds, args.profile, url, args.reset))
+            asyncio.run(measure(kind, args.seconds, args.profile, url, args.reset, args.tasks))
     print(f"core: {core_state.__file__}")
 
 

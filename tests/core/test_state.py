@@ -342,6 +342,41 @@ def test_queue_puts_a_caller_in_line_when_nothing_is_idle() -> None:
     assert (first.entry, first.wakes, second.wakes) == (entry, 1, 0)
 
 
+def test_overdue_reports_in_order_deadlines_oldest_first_and_once() -> None:
+    state = make_state()
+    waiters = [RecWaiter() for _ in range(5)]
+    # Three callers with in-order deadlines; between them one without any deadline and one
+    # whose deadline is kept elsewhere (a per-call timeout): both are passed over.
+    deadlines = [10.0, None, 11.0, None, 12.0]
+    for at, (waiter, deadline) in enumerate(zip(waiters, deadlines, strict=True)):
+        waiter.deadline = deadline
+        assert state.queue(float(at), waiter)
+    assert state.next_deadline() == 10.0
+    assert state.overdue(9.0) == []
+    assert state.overdue(11.0) == [waiters[0], waiters[2]]
+    # Reported once: they stay queued (their callers withdraw them) but leave the order.
+    assert (waiters[0].deadline, waiters[2].deadline) == (None, None)
+    assert state.snapshot().waiting == 5
+    assert state.overdue(11.5) == []
+    assert state.next_deadline() == 12.0
+    assert state.withdraw(waiters[0]) is None
+    assert state.overdue(20.0) == [waiters[4]]
+    assert state.next_deadline() is None
+    assert all(w.wakes == 0 for w in waiters)  # overdue() wakes nobody: the shell does
+
+
+def test_a_served_waiter_leaves_the_deadline_order() -> None:
+    state = make_state()
+    first, second = RecWaiter(), RecWaiter()
+    first.deadline, second.deadline = 5.0, 6.0
+    assert state.queue(0.0, first)
+    assert state.queue(1.0, second)
+    connect(state, now=2.0)  # handed to the oldest
+    assert first.entry is not None
+    assert state.next_deadline() == 6.0
+    assert state.overdue(7.0) == [second]
+
+
 def test_queue_leaves_an_idle_connection_to_lend_or_enqueue() -> None:
     # try_lend() left it there (due for a check, or to retire): the full procedure must run.
     state = make_state(check="always")

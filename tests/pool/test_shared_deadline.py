@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -91,6 +92,68 @@ def test_cancelled_waiters_are_not_woken_by_the_timer() -> None:
         await asyncio.sleep(0.3)  # the timer fires with only dead entries
         assert pool.stats().waiting == 0
         assert pool.stats().timeouts == 0
+        await pool.release(holder)
+        check_invariants(pool)
+
+    run(main)
+
+
+def test_callers_with_the_pool_timeout_are_timed_out_by_the_queue_order() -> None:
+    async def main() -> None:
+        pool = new_apool(AsyncFakeManager(), max_size=1, acquire_timeout=0.3)
+        holder = await pool.acquire()
+        started = time.monotonic()
+
+        async def timed(timeout: Any = None) -> float:
+            lease = pool.acquire() if timeout is None else pool.acquire(timeout=timeout)
+            with pytest.raises(tidepool.PoolTimeout):
+                await lease
+            return time.monotonic() - started
+
+        async def patient() -> None:
+            # At the front of the queue with no deadline at all: the timer looks past it.
+            async with pool.acquire(timeout=None):
+                pass
+
+        waiting = asyncio.ensure_future(patient())
+        await asyncio.sleep(0)
+        default = [asyncio.ensure_future(timed()) for _ in range(20)]
+        await asyncio.sleep(0.1)
+        late = asyncio.ensure_future(timed())  # queued 0.1 s later: due 0.1 s later
+        shorter = asyncio.ensure_future(timed(0.05))  # a per-call timeout: kept in the heap
+        await asyncio.sleep(0)
+        # The pool's own timeout leaves no record per wait; the per-call one does.
+        assert len(pool._deadlines) == 1
+        took = await asyncio.gather(*default)
+        assert all(0.3 <= t < 0.3 + 0.25 for t in took), took
+        assert 0.15 <= await shorter < 0.15 + 0.25
+        assert 0.4 <= await late < 0.4 + 0.25
+        assert pool.stats().timeouts == 22
+        assert not waiting.done()
+        await pool.release(holder)
+        await waiting
+        assert pool._deadline_timer is None  # nothing left to watch
+        check_invariants(pool)
+
+    run(main)
+
+
+def test_a_caller_cancelled_at_the_front_does_not_hold_back_the_next_deadline() -> None:
+    async def main() -> None:
+        pool = new_apool(AsyncFakeManager(), max_size=1, acquire_timeout=0.3)
+        holder = await pool.acquire()
+        first = asyncio.ensure_future(pool.acquire())
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        second = asyncio.ensure_future(pool.acquire())
+        await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        with pytest.raises(tidepool.PoolTimeout):
+            await second
+        assert 0.3 <= time.monotonic() - started < 0.3 + 0.25
+        assert pool.stats().timeouts == 1
         await pool.release(holder)
         check_invariants(pool)
 

@@ -40,11 +40,12 @@ monotonic = time.monotonic
 class _FutureWaiter(Waiter):
     __slots__ = ("future",)
 
-    def __init__(self, future: asyncio.Future[bool]) -> None:
+    def __init__(self, future: asyncio.Future[bool], deadline: float | None = None) -> None:
         # (Waiter.__init__, inlined: one of these is made per contended acquire.)
         self.entry = None
         self.error = None
         self.enqueued_at = 0.0
+        self.deadline = deadline
         self.future = future
 
     def wake(self) -> bool:
@@ -456,12 +457,21 @@ class AsyncPool(PoolBase[C]):
         state = self._state
         if timeout != 0 and self._opened and not state.reclaim:
             assert self._loop is not None
-            waiter = _FutureWaiter(self._loop.create_future())
+            deadline = None if timeout is None else started + timeout
+            # Callers waiting with the pool's one acquire_timeout (the common case) queue in
+            # deadline order, so the queue keeps their deadlines (see Waiter.deadline): no
+            # record per wait, and the shared timer is re-armed only for an earlier deadline.
+            in_order = timeout == self._default_timeout
+            waiter = _FutureWaiter(self._loop.create_future(), deadline if in_order else None)
             if state.queue(started, waiter):
                 if state.may_need_kick():
                     self.kick()
-                if timeout is not None:
-                    self._watch(waiter.future, started + timeout)
+                if deadline is None:
+                    pass
+                elif not in_order:
+                    self._watch(waiter.future, deadline)
+                elif self._deadline_timer is None or deadline < self._deadline_timer_at:
+                    self._arm_deadlines(deadline)
                 try:
                     woken = await waiter.future
                 except BaseException as exc:
@@ -630,6 +640,10 @@ class AsyncPool(PoolBase[C]):
         self._deadline_timer = None
         # The loop runs a timer up to its clock resolution early; never wake a caller early.
         now = monotonic() + 1e-6
+        for waiter in self._state.overdue(now):
+            future = waiter.future  # type: ignore[attr-defined]
+            if not future.done():  # (cancelled, not yet withdrawn)
+                future.set_result(False)
         for future in self._deadlines.pop_due(now):
             future.set_result(False)
         for bound in self._call_deadlines.pop_due(now):
@@ -638,7 +652,11 @@ class AsyncPool(PoolBase[C]):
 
     def _rearm_deadlines(self) -> None:
         """Arm the shared timer for the earliest deadline left, if any."""
-        deadlines = (self._deadlines.earliest(), self._call_deadlines.earliest())
+        deadlines = (
+            self._state.next_deadline(),
+            self._deadlines.earliest(),
+            self._call_deadlines.earliest(),
+        )
         earliest = min((t for t in deadlines if t is not None), default=None)
         if earliest is not None and self._loop is not None and not self._loop.is_closed():
             self._arm_deadlines(earliest)

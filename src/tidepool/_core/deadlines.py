@@ -4,6 +4,11 @@ A timer per waiting caller is what made the peers slow under contention: arming 
 cancelling an event-loop timer for every wait costs more than the rest of the hand-off, and
 cancelled timers pile up in the loop's heap. Here the shell arms a single timer at the
 earliest deadline, and this heap says which waiters are due when it fires. I/O-free.
+
+The common contended acquire, a caller waiting with the pool's one ``acquire_timeout``, is
+not recorded here at all: such callers queue in deadline order, so the waiter queue itself
+says who is due (``Waiter.deadline``, ``PoolState.overdue``). This heap keeps the others:
+per-call timeouts, and the waits of the acquire procedure.
 """
 
 from __future__ import annotations

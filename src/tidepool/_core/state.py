@@ -210,6 +210,32 @@ class PoolState(Generic[C]):
             self._enqueue(now, waiter)
             return True
 
+    def overdue(self, now: float) -> list[Waiter]:
+        """The queued waiters whose in-order ``deadline`` (see :class:`Waiter`) is ``<= now``,
+        oldest first. Each leaves the in-order set (its ``deadline`` becomes ``None``), so it
+        is reported once; it stays queued until its caller withdraws it. Waiters without an
+        in-order deadline are passed over: their deadlines, if any, are kept elsewhere."""
+        due: list[Waiter] = []
+        with self.lock:
+            for waiter in self.waiters:
+                deadline = waiter.deadline
+                if deadline is None:
+                    continue
+                if deadline > now:
+                    break
+                waiter.deadline = None
+                due.append(waiter)
+        return due
+
+    def next_deadline(self) -> float | None:
+        """The earliest in-order deadline of a queued waiter (see :class:`Waiter`), or
+        ``None``."""
+        with self.lock:
+            for waiter in self.waiters:
+                if waiter.deadline is not None:
+                    return waiter.deadline
+        return None
+
     def _check_open(self) -> None:
         if self.closed:
             raise PoolClosed(f"pool {self.name!r} is closed")

@@ -15,14 +15,20 @@ class Waiter:
 
     The core assigns ``entry`` (or ``error``) and calls :meth:`wake` in the same atomic step
     that removes the waiter from the queue, so a connection always has exactly one owner.
+
+    ``deadline``, when not ``None``, is a deadline kept *in queue order*: the shell promises
+    that every queued waiter with one was queued with a deadline no earlier than those queued
+    before it (callers waiting with the pool's one ``acquire_timeout``), so the queue itself
+    says who is due (:meth:`PoolState.overdue`) and no other record of the deadline is kept.
     """
 
-    __slots__ = ("enqueued_at", "entry", "error")
+    __slots__ = ("deadline", "enqueued_at", "entry", "error")
 
     def __init__(self) -> None:
         self.entry: Entry[Any] | None = None
         self.error: BaseException | None = None
         self.enqueued_at = 0.0
+        self.deadline: float | None = None
 
     def wake(self) -> bool:
         """Wake the caller. Return ``False`` if it is already gone (cancelled or timed out),
