@@ -15,6 +15,9 @@ statistics). CPU per operation comes from ``getrusage``.
     python benchmarks/probes/contention.py --redis redis://127.0.0.1:6379/15   # or PING
     python benchmarks/probes/contention.py --asyncpg URL --reset    # and the session reset
     python benchmarks/probes/contention.py --asyncpg URL --tasks 10000   # the scale scenario
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        python benchmarks/probes/contention.py --rounds 1 --ops 30000 pool
+                       # instructions: the "Collected" count at 30,000 minus that at 10,000
     python benchmarks/probes/contention.py --asyncpg URL --unsettled   # malloc as the process
                                                      # start left it (see settle_allocator)
 """
@@ -113,8 +116,11 @@ async def measure(
     url: str | None,
     reset: bool = False,
     tasks: int = TASKS,
+    ops: int = 0,
 ) -> None:
-    done, stop = 0, False
+    # The workers stop once `done` reaches `limit`: after `ops` operations (--ops), or when
+    # the window ends.
+    done, limit = 0, float(ops or "inf")
     pool: Any = None
     conns: list[Any] = []
     kept: list[Any] = []  # prepared statements that must outlive the run
@@ -163,7 +169,7 @@ async def measure(
 
         async def worker() -> None:
             nonlocal done
-            while not stop:
+            while done < limit:
                 async with gate:
                     conn = free.pop()
                     try:
@@ -176,7 +182,7 @@ async def measure(
 
         async def worker() -> None:
             nonlocal done
-            while not stop:
+            while done < limit:
                 async with fifo.acquire() as conn:
                     await body(conn)
                 done += 1
@@ -189,12 +195,18 @@ async def measure(
 
         async def worker() -> None:
             nonlocal done
-            while not stop:
+            while done < limit:
                 async with pool.acquire() as conn:
                     await body(conn)
                 done += 1
 
     running = [asyncio.create_task(worker()) for _ in range(tasks)]
+    if ops:
+        await asyncio.gather(*running)
+        if pool is not None:
+            await pool.aclose()
+        print(f"{kind:9s} {done:,} operations", flush=True)
+        return
     await asyncio.sleep(0.5)
     profiler = cProfile.Profile() if profile else None
     if profiler is not None:
@@ -205,7 +217,7 @@ async def measure(
     if profiler is not None:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
-    stop = True
+    limit = 0
     await asyncio.gather(*running)
     if pool is not None:
         await pool.aclose()
@@ -231,6 +243,13 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
         "--tasks", type=int, default=TASKS, help=f"tasks sharing the connections ({TASKS})"
+    )
+    parser.add_argument(
+        "--ops",
+        type=int,
+        default=0,
+        help="run this many operations, then exit, with no clock and no I/O (for instruction "
+        "counts under valgrind --tool=callgrind)",
     )
     real = parser.add_mutually_exclusive_group()
     real.add_argument(
@@ -260,12 +279,16 @@ def main() -> None:
     url = args.asyncpg or args.redis
     if args.reset and not args.asyncpg:
         parser.error("--reset needs --asyncpg")
+    if args.ops and url:
+        parser.error("--ops counts the pool's own work: it runs without --asyncpg or --redis")
     kinds = args.kinds or ["pool", "semaphore", "fifo"]
     if set(kinds) - {"pool", "semaphore", "fifo"}:
         parser.error("kinds are: pool, semaphore, fifo")
     for _ in range(args.rounds):
         for kind in kinds:
-            asyncio.run(measure(kind, args.seconds, args.profile, url, args.reset, args.tasks))
+            asyncio.run(
+                measure(kind, args.seconds, args.profile, url, args.reset, args.tasks, args.ops)
+            )
     print(f"core: {core_state.__file__}")
 
 
