@@ -466,12 +466,12 @@ class AsyncPool(PoolBase[C]):
             if state.queue(started, waiter):
                 if state.may_need_kick():
                     self.kick()
-                if deadline is None:
-                    pass
-                elif not in_order:
-                    self._watch(waiter.future, deadline)
-                elif self._deadline_timer is None or deadline < self._deadline_timer_at:
-                    self._arm_deadlines(deadline)
+                if deadline is not None:
+                    if not in_order:
+                        self._watch(waiter.future, deadline)
+                    # (_arm_by, inlined: this is the contended acquire's only deadline work)
+                    elif self._deadline_timer is None or deadline < self._deadline_timer_at:
+                        self._arm_deadlines(deadline)
                 try:
                     woken = await waiter.future
                 except BaseException as exc:
