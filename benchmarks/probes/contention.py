@@ -13,6 +13,9 @@ statistics). CPU per operation comes from ``getrusage``.
     python benchmarks/probes/contention.py --asyncpg postgresql://postgres@127.0.0.1/test
                                                      # the same with real I/O: SELECT 1
     python benchmarks/probes/contention.py --redis redis://127.0.0.1:6379/15   # or PING
+    python benchmarks/probes/contention.py --mysql mysql://root@127.0.0.1:3306/test  # aiomysql
+    python benchmarks/probes/contention.py --redis URL adapter semaphore   # "adapter": the
+                       # semaphore over connections tidepool's adapter opened, without the pool
     python benchmarks/probes/contention.py --asyncpg URL --reset    # and the session reset
     python benchmarks/probes/contention.py --asyncpg URL --tasks 10000   # the scale scenario
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \
@@ -124,6 +127,11 @@ async def measure(
     pool: Any = None
     conns: list[Any] = []
     kept: list[Any] = []  # prepared statements that must outlive the run
+    if kind == "adapter":
+        # The adapter's connections (its own settings, and for Redis its command counting),
+        # behind the semaphore: what the adapter costs apart from the pool.
+        manager = tidepool.AsyncPool(url).manager
+        conns = [await manager.connect() for _ in range(CONNECTIONS)]
     if url is None:
         conns = [object() for _ in range(CONNECTIONS)]
 
@@ -133,7 +141,8 @@ async def measure(
     elif url.startswith("redis"):
         import redis.asyncio
 
-        if kind != "pool":
+        lent = kind in ("pool", "adapter")  # a client bound to one connection
+        if not lent:
             options = redis.asyncio.connection.parse_url(url)
             conns = [redis.asyncio.Connection(**options) for _ in range(CONNECTIONS)]
             for conn in conns:
@@ -141,9 +150,32 @@ async def measure(
 
         async def body(conn: Any) -> None:
             # tidepool lends a client bound to one connection: the same call on that connection
-            conn = conn.connection if kind == "pool" else conn
+            conn = conn.connection if lent else conn
             await conn.send_command("PING")
             await conn.read_response()
+
+    elif url.startswith("mysql"):
+        import aiomysql
+
+        from tidepool.adapters.mysql import MySQLTarget
+
+        if kind not in ("pool", "adapter"):
+            target = MySQLTarget.from_url(url)
+            conns = [
+                await aiomysql.connect(
+                    host=target.host,
+                    port=target.port,
+                    user=target.user,
+                    db=target.database,
+                    autocommit=True,
+                )
+                for _ in range(CONNECTIONS)
+            ]
+
+        async def body(conn: Any) -> None:
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT 1")
+                await cur.fetchone()
 
     else:
         import asyncpg
@@ -154,7 +186,7 @@ async def measure(
         # --reset: the script the adapters send from a connection's second reset on
         probe_name = "tidepool_reset_probe_contention"
         script = probe_reset_sql(probe_name)
-        if kind != "pool":
+        if kind not in ("pool", "adapter"):
             conns = [await asyncpg.connect(url) for _ in range(CONNECTIONS)]
             if reset:
                 kept.extend([await prepare_reset_probe(conn, probe_name) for conn in conns])
@@ -164,7 +196,7 @@ async def measure(
             if reset and kind != "pool":  # the pool runs its own reset on release
                 await conn.execute(script)
 
-    if kind == "semaphore":
+    if kind in ("semaphore", "adapter"):
         free, gate = list(conns), asyncio.Semaphore(CONNECTIONS)
 
         async def worker() -> None:
@@ -222,7 +254,12 @@ async def measure(
     if pool is not None:
         await pool.aclose()
     for conn in conns if url is not None else []:
-        await (conn.disconnect() if url.startswith("redis") else conn.close())
+        if url.startswith("redis"):
+            await (conn.aclose() if kind == "adapter" else conn.disconnect())
+        elif url.startswith("mysql"):
+            conn.close()
+        else:
+            await conn.close()
     ops = n1 - n0
     cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
     user = r1.ru_utime - r0.ru_utime
@@ -237,7 +274,11 @@ async def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kinds", nargs="*", help="pool, semaphore and/or fifo (all three)")
+    parser.add_argument(
+        "kinds",
+        nargs="*",
+        help="pool, semaphore, fifo (the default: all three) and/or adapter (with a driver URL)",
+    )
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
@@ -262,6 +303,11 @@ def main() -> None:
         metavar="URL",
         help="real connections: PING through redis-py's asyncio connection on URL",
     )
+    real.add_argument(
+        "--mysql",
+        metavar="URL",
+        help="real connections: SELECT 1 through an aiomysql cursor on URL",
+    )
     parser.add_argument(
         "--reset",
         action="store_true",
@@ -276,14 +322,18 @@ def main() -> None:
     args = parser.parse_args()
     if not args.unsettled:
         settle_allocator()
-    url = args.asyncpg or args.redis
+    url = args.asyncpg or args.redis or args.mysql
     if args.reset and not args.asyncpg:
         parser.error("--reset needs --asyncpg")
     if args.ops and url:
-        parser.error("--ops counts the pool's own work: it runs without --asyncpg or --redis")
+        parser.error("--ops counts the pool's own work: it runs without a driver URL")
     kinds = args.kinds or ["pool", "semaphore", "fifo"]
-    if set(kinds) - {"pool", "semaphore", "fifo"}:
-        parser.error("kinds are: pool, semaphore, fifo")
+    if set(kinds) - {"pool", "semaphore", "fifo", "adapter"}:
+        parser.error("kinds are: pool, semaphore, fifo, adapter")
+    if "adapter" in kinds and not url:
+        parser.error("'adapter' needs a driver URL (--asyncpg, --redis or --mysql)")
+    if "adapter" in kinds and args.reset:
+        parser.error("'adapter' runs no reset: leave out --reset")
     for _ in range(args.rounds):
         for kind in kinds:
             asyncio.run(
