@@ -127,6 +127,8 @@ async def measure(
     pool: Any = None
     conns: list[Any] = []
     kept: list[Any] = []  # prepared statements that must outlive the run
+    # semaphore and fifo open the driver's own connections; pool and adapter use the adapter's
+    raw = kind in ("semaphore", "fifo")
     if kind == "adapter":
         # The adapter's connections (its own settings, and for Redis its command counting),
         # behind the semaphore: what the adapter costs apart from the pool.
@@ -141,8 +143,7 @@ async def measure(
     elif url.startswith("redis"):
         import redis.asyncio
 
-        lent = kind in ("pool", "adapter")  # a client bound to one connection
-        if not lent:
+        if raw:
             options = redis.asyncio.connection.parse_url(url)
             conns = [redis.asyncio.Connection(**options) for _ in range(CONNECTIONS)]
             for conn in conns:
@@ -150,7 +151,7 @@ async def measure(
 
         async def body(conn: Any) -> None:
             # tidepool lends a client bound to one connection: the same call on that connection
-            conn = conn.connection if lent else conn
+            conn = conn if raw else conn.connection
             await conn.send_command("PING")
             await conn.read_response()
 
@@ -159,7 +160,7 @@ async def measure(
 
         from tidepool.adapters.mysql import MySQLTarget
 
-        if kind not in ("pool", "adapter"):
+        if raw:
             target = MySQLTarget.from_url(url)
             conns = [
                 await aiomysql.connect(
@@ -186,7 +187,7 @@ async def measure(
         # --reset: the script the adapters send from a connection's second reset on
         probe_name = "tidepool_reset_probe_contention"
         script = probe_reset_sql(probe_name)
-        if kind not in ("pool", "adapter"):
+        if raw:
             conns = [await asyncpg.connect(url) for _ in range(CONNECTIONS)]
             if reset:
                 kept.extend([await prepare_reset_probe(conn, probe_name) for conn in conns])
