@@ -389,21 +389,7 @@ def _delaying_proxy(upstream_port: int, delay: float) -> Any:
     sys.path.insert(0, str(REPO / "tests"))
     from faults.proxy import ChaosProxy
 
-    class ConnectDelayProxy(ChaosProxy):
-        async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            self._tasks.add(task)  # so that close() cancels a connection still held back
-            try:
-                await asyncio.sleep(delay)
-            except asyncio.CancelledError:
-                writer.close()
-                return
-            finally:
-                self._tasks.discard(task)
-            await super()._handle(reader, writer)
-
-    return ConnectDelayProxy("127.0.0.1", upstream_port)
+    return ChaosProxy("127.0.0.1", upstream_port, connect_delay=delay)
 
 
 def open_spike_proxy(cfg: dict[str, Any]) -> Any:

@@ -24,6 +24,10 @@ connection and to new ones):
     Forward ``nbytes`` more bytes on each connection (counted from the switch, or from the
     accept), then reset it: a cut in the middle of a protocol message.
 
+``connect_delay`` (a constructor argument) holds each accepted connection that many seconds
+before the proxy dials upstream: a server that is slow to connect to (TCP, TLS and
+authentication) but answers queries at full speed, which ``latency`` cannot give.
+
 An end of stream from either side closes the pair (so a server backend ends when its client
 goes away, also in ``stall``). ``connections`` is the number of live pairs; ``accepted``
 counts every connection accepted. ``close()`` resets what is left and stops the thread.
@@ -78,12 +82,15 @@ class ChaosProxy:
     >>> proxy.close()
     """
 
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+    def __init__(
+        self, upstream_host: str, upstream_port: int, *, connect_delay: float = 0.0
+    ) -> None:
         self.host = "127.0.0.1"
         self.port = 0
         self.upstream = (upstream_host, upstream_port)
         self.mode = "pass"
         self.delay = 0.0
+        self.connect_delay = connect_delay
         self.nbytes = 0
         self.accepted = 0
         self._pairs: set[_Pair] = set()
@@ -175,6 +182,8 @@ class ChaosProxy:
             if self.mode == "reset":
                 _rst(writer)
                 return
+            if self.connect_delay:
+                await asyncio.sleep(self.connect_delay)
             try:
                 up_reader, up_writer = await asyncio.wait_for(
                     asyncio.open_connection(*self.upstream), timeout=5
