@@ -33,6 +33,11 @@ except ImportError:  # run as a script, where hatchling need not be installed
 ROOT = Path(__file__).resolve().parent
 # Waiter stays interpreted: the shells subclass it, and mypyc classes cannot be subclassed
 # by interpreted ones. flows.py likewise (PoolBase subclasses Flows).
+# Nothing may take a weak reference to an object of a compiled class: mypyc's deallocator does
+# not clear weak references (mypyc/mypyc#1102), and a generic class accepts them, so one would
+# crash the process once its object is freed (tests/test_compiled.py checks the pool takes
+# none). For the same reason the pools themselves, weakly referenced by design, stay
+# interpreted (docs/benchmarks.md, "The shells compiled as they are").
 COMPILED = ("tidepool/_core/state.py", "tidepool/_core/entry.py", "tidepool/_core/deadlines.py")
 ENV_SWITCH = "TIDEPOOL_COMPILE"
 
