@@ -21,6 +21,10 @@ statistics). CPU per operation comes from ``getrusage``.
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         python benchmarks/probes/contention.py --rounds 1 --ops 30000 pool
                        # instructions: the "Collected" count at 30,000 minus that at 10,000
+    valgrind --tool=callgrind --cache-sim=yes --branch-sim=yes --callgrind-out-file=cg.out \
+        python benchmarks/probes/contention.py --mysql URL --rounds 1 --ops 12000 pool
+                       # beside a driver, with simulated cache misses and mispredicted branches
+                       # (one kind per run: minus the same at 4,000, over 8,000)
     python benchmarks/probes/contention.py --asyncpg URL --unsettled   # malloc as the process
                                                      # start left it (see settle_allocator)
 """
@@ -290,8 +294,9 @@ def main() -> None:
         "--ops",
         type=int,
         default=0,
-        help="run this many operations, then exit, with no clock and no I/O (for instruction "
-        "counts under valgrind --tool=callgrind)",
+        help="run this many operations, then exit, with no clock (for instruction counts "
+        "under valgrind --tool=callgrind); with a driver URL the count includes the driver's "
+        "work",
     )
     real = parser.add_mutually_exclusive_group()
     real.add_argument(
@@ -326,8 +331,6 @@ def main() -> None:
     url = args.asyncpg or args.redis or args.mysql
     if args.reset and not args.asyncpg:
         parser.error("--reset needs --asyncpg")
-    if args.ops and url:
-        parser.error("--ops counts the pool's own work: it runs without a driver URL")
     kinds = args.kinds or ["pool", "semaphore", "fifo"]
     if set(kinds) - {"pool", "semaphore", "fifo", "adapter"}:
         parser.error("kinds are: pool, semaphore, fifo, adapter")
