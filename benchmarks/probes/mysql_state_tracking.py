@@ -71,7 +71,7 @@ STATEMENTS = (
 )
 
 
-def connect(target: MySQLTarget) -> pymysql.Connection[pymysql.cursors.Cursor]:
+def connect(target: MySQLTarget) -> pymysql.Connection:
     return pymysql.connect(
         host=target.host,
         port=target.port,
@@ -110,7 +110,7 @@ def main() -> None:
     try:
         with connect(target) as conn, conn.cursor() as cur:
             cur.execute("SELECT VERSION()")
-            print(f"server {cur.fetchone()[0]}")  # type: ignore[index]
+            print(f"server {cur.fetchone()[0]}")
         for statement in STATEMENTS:
             verdict = "flagged" if flagged(target, statement) else "MISSED "
             print(f"{verdict}  {statement}")
