@@ -171,6 +171,7 @@ async def measure(
                     host=target.host,
                     port=target.port,
                     user=target.user,
+                    password=target.password.value if target.password is not None else "",
                     db=target.database,
                     autocommit=True,
                 )
@@ -238,23 +239,18 @@ async def measure(
                 done += 1
 
     running = [asyncio.create_task(worker()) for _ in range(tasks)]
-    if ops:
-        await asyncio.gather(*running)
-        if pool is not None:
-            await pool.aclose()
-        print(f"{kind:9s} {done:,} operations", flush=True)
-        return
-    await asyncio.sleep(0.5)
-    profiler = cProfile.Profile() if profile else None
-    if profiler is not None:
-        profiler.enable()
-    n0, r0 = done, resource.getrusage(resource.RUSAGE_SELF)
-    await asyncio.sleep(seconds)
-    n1, r1 = done, resource.getrusage(resource.RUSAGE_SELF)
-    if profiler is not None:
-        profiler.disable()
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
-    limit = 0
+    if not ops:
+        await asyncio.sleep(0.5)
+        profiler = cProfile.Profile() if profile else None
+        if profiler is not None:
+            profiler.enable()
+        n0, r0 = done, resource.getrusage(resource.RUSAGE_SELF)
+        await asyncio.sleep(seconds)
+        n1, r1 = done, resource.getrusage(resource.RUSAGE_SELF)
+        if profiler is not None:
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        limit = 0
     await asyncio.gather(*running)
     if pool is not None:
         await pool.aclose()
@@ -265,6 +261,9 @@ async def measure(
             conn.close()
         else:
             await conn.close()
+    if ops:
+        print(f"{kind:9s} {done:,} operations", flush=True)
+        return
     ops = n1 - n0
     cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
     user = r1.ru_utime - r0.ru_utime
